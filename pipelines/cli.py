@@ -1,0 +1,203 @@
+"""`mews-sync`: the command line of the pipeline.
+
+Exit codes (for schedulers):
+  0  success
+  2  bad command line or configuration: a person must act
+  3  the Mews API refused the request (bad tokens, permissions, a rejected request): a person
+     must act
+  4  the Mews API is unavailable, rate limiting or failing after every retry: retry later
+  5  another run holds the DuckDB file: retry later
+  1  an unexpected error (a bug): the traceback is printed; please report it
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from dlt.common.configuration.exceptions import (
+    ConfigFieldMissingException,
+    ConfigValueCannotBeCoercedException,
+)
+
+from pipelines.mews_pipeline import SyncBusyError
+from sources.mews.client import MewsApiError, MewsConfigError, MewsError
+
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+
+DEMO_ORDERS = 2000
+DEMO_QUERY = """select s.name as service, o.state, count(*) as orders
+from mews.product_service_orders o join mews.services s on s.id = o.service_id
+group by all order by orders desc limit 5"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one sentence and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"mews-sync: {message} (see mews-sync --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="mews-sync",
+        description="Keep a DuckDB copy of Mews product service orders and their notes.",
+        epilog="Exit codes: 0 ok, 2 configuration, 3 API refused, 4 API unavailable (retry "
+        "later), 5 another run is busy, 1 bug.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log on stderr (default INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    commands.add_parser("run", help="incremental sync from the stored state up to now")
+    backfill = commands.add_parser(
+        "backfill", help="reload orders updated in [start, end), leaving the state alone"
+    )
+    backfill.add_argument("--start", required=True, help="ISO 8601 date or time, UTC")
+    backfill.add_argument("--end", required=True, help="ISO 8601 date or time, UTC (exclusive)")
+    demo = commands.add_parser("demo", help="sync a bundled sandbox into a local DuckDB file")
+    demo.add_argument("--orders", type=int, default=DEMO_ORDERS, help="orders to generate")
+    demo.add_argument("--path", default="mews_demo.duckdb", help="the DuckDB file to create")
+    sandbox = commands.add_parser("sandbox", help="serve a local Mews API sandbox (Ctrl-C stops)")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--orders", type=int, default=10_000)
+    sandbox.add_argument("--seed", type=int, default=1)
+    sandbox.add_argument("--client-token", help="ClientToken to accept (default: Mews demo)")
+    sandbox.add_argument("--access-token", help="AccessToken to accept (default: Mews demo)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "httpcore", "dlt"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(
+            "mews-sync: interrupted; the next run starts from the last completed load.",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turned into one sentence and an exit code
+        code, sentence = explain(exc)
+        if code == EXIT_BUG:
+            raise
+        print(f"mews-sync: {sentence}", file=sys.stderr)
+        return code
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one safe sentence for an exception, however deeply dlt wrapped it."""
+    for cause in causes(exc):
+        if isinstance(cause, MewsConfigError):
+            return EXIT_CONFIG, str(cause)
+        if isinstance(cause, MewsError):
+            if isinstance(cause, SyncBusyError):
+                return EXIT_BUSY, str(cause)
+            if isinstance(cause, MewsApiError) and not cause.transient:
+                return EXIT_REFUSED, str(cause)
+            return EXIT_UNAVAILABLE, str(cause)
+        if isinstance(cause, ConfigFieldMissingException):
+            names = ", ".join(f"SOURCES__MEWS__{f.upper()}" for f in cause.fields)
+            return EXIT_CONFIG, (
+                f"missing configuration: set {names} (environment) or put them under "
+                "[sources.mews] in .dlt/secrets.toml / .dlt/config.toml."
+            )
+        if isinstance(cause, ConfigValueCannotBeCoercedException):
+            return EXIT_CONFIG, (
+                f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
+                f"expected {getattr(cause.hint, '__name__', cause.hint)}, e.g. a JSON list "
+                "of ids."
+            )
+    return EXIT_BUG, str(exc)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from, outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipelines.mews_pipeline import sync
+
+    print(sync("run").summary())
+    return EXIT_OK
+
+
+def backfill_command(args: argparse.Namespace) -> int:
+    from pipelines.mews_pipeline import sync
+
+    print(sync("backfill", backfill_start=args.start, backfill_end=args.end).summary())
+    return EXIT_OK
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
+    from pipelines.mews_pipeline import sync, table_counts
+
+    if args.orders < 1:
+        raise MewsConfigError("--orders must be at least 1.")
+    database = Path(args.path).resolve()
+    database.unlink(missing_ok=True)  # the demo always starts from a fresh file
+    print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
+    sandbox = Sandbox.generate(orders=args.orders, seed=1)
+    with sandbox.serve() as url, tempfile.TemporaryDirectory() as workdir:
+        report = sync(
+            "demo",
+            database=str(database),
+            pipeline_name="mews_demo",
+            pipelines_dir=workdir,
+            platform_url=url,
+            client_token=DEMO_CLIENT_TOKEN,
+            access_token=DEMO_ACCESS_TOKEN,
+            start_date="2015-01-01",
+            rate_limit_requests=0,
+        )
+    print(report.summary())
+    print("\nRows per table:")
+    for table, rows in table_counts(str(database)).items():
+        print(f"  mews.{table:<24} {rows:>8}")
+    print(f"\nDuckDB file: {database}")
+    print(f"\nSample query:\n{DEMO_QUERY}\n")
+    with duckdb.connect(str(database), read_only=True) as con:
+        print(con.sql(DEMO_QUERY))
+    return EXIT_OK
+
+
+def sandbox_command(args: argparse.Namespace) -> int:
+    from mews_sandbox.server import run_cli
+
+    if args.orders < 0 or not 0 <= args.port < 65536:
+        raise MewsConfigError("--orders must be >= 0 and --port between 0 and 65535.")
+    run_cli(args.port, args.orders, args.seed, args.client_token, args.access_token)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": run_command,
+    "backfill": backfill_command,
+    "demo": demo_command,
+    "sandbox": sandbox_command,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""dlt source for Mews product service orders and their notes.
+
+`product_service_orders` walks `productServiceOrders/getAll` in UpdatedUtc windows of at most
+three months from a per-service watermark kept in dlt's state; `service_order_notes` fetches the
+notes of every page of orders it got; `services` names the services the orders belong to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+import dlt
+import pendulum
+import pyarrow as pa
+from dlt.sources import DltResource
+
+from .client import ClientStats, MewsClient, MewsConfigError, format_utc
+from .settings import (
+    DEFAULT_CLIENT,
+    DEFAULT_NOTE_TYPES,
+    DEFAULT_OVERLAP,
+    DEFAULT_START_DATE,
+    LEGACY_SERVICE_TYPES,
+    MAX_WINDOW_MONTHS,
+    PRODUCT_SERVICE_DISCRIMINATOR,
+    RATE_LIMIT_REQUESTS,
+    RATE_LIMIT_SECONDS,
+)
+from .tables import (
+    DELETED_COLUMN,
+    NOTE_COLUMNS,
+    ORDER_COLUMNS,
+    SERVICE_COLUMNS,
+    deletion_markers,
+    to_table,
+)
+
+__all__ = ["mews_source", "walk_windows", "parse_utc"]
+
+
+@dlt.source(name="mews", max_table_nesting=0)
+def mews_source(
+    platform_url: str = dlt.config.value,
+    client_token: str = dlt.secrets.value,
+    access_token: str = dlt.secrets.value,
+    client: str = DEFAULT_CLIENT,
+    service_ids: list[str] | None = None,
+    enterprise_ids: list[str] | None = None,
+    start_date: str = DEFAULT_START_DATE,
+    overlap_minutes: float = DEFAULT_OVERLAP.total_seconds() / 60,
+    note_types: list[str] | None = None,
+    rate_limit_requests: int = RATE_LIMIT_REQUESTS,
+    rate_limit_seconds: float = RATE_LIMIT_SECONDS,
+    backfill_start: str | None = None,
+    backfill_end: str | None = None,
+    end_date: str | None = None,
+    transport: Any = None,
+    stats: ClientStats | None = None,
+) -> Sequence[DltResource]:
+    """Mews product service orders, their notes and their services.
+
+    Without `service_ids`, every product service (`Additional`, formerly `Orderable`) that
+    `services/getAll` lists is synced. With `backfill_start`/`backfill_end`, exactly that
+    UpdatedUtc range is reloaded and the incremental state is left as it was. `end_date`
+    (default: now) ends the sync; `transport` lets tests mount the sandbox in-process;
+    `stats` collects what the API client did.
+    """
+    now = datetime.now(UTC).replace(microsecond=0)
+    end = parse_utc(end_date, "end_date") if end_date else now
+    start = parse_utc(start_date, "SOURCES__MEWS__START_DATE")
+    if start >= now:
+        raise MewsConfigError(
+            f"SOURCES__MEWS__START_DATE {start_date!r} is in the future: set a past date."
+        )
+    service_ids = check_ids(service_ids, "SOURCES__MEWS__SERVICE_IDS")
+    enterprise_ids = check_ids(enterprise_ids, "SOURCES__MEWS__ENTERPRISE_IDS")
+    backfill = None
+    if backfill_start or backfill_end:
+        backfill = (parse_utc(backfill_start, "--start"), parse_utc(backfill_end, "--end"))
+        if backfill[0] >= backfill[1]:
+            raise MewsConfigError("The backfill --start must be before its --end.")
+    overlap = timedelta(minutes=float(overlap_minutes))
+    types = list(DEFAULT_NOTE_TYPES if note_types is None else note_types)
+
+    api = MewsClient(
+        platform_url,
+        client_token,
+        access_token,
+        client,
+        transport=transport,
+        rate_limit=(rate_limit_requests, rate_limit_seconds) if rate_limit_requests else None,
+        stats=stats,
+    )
+
+    @cache
+    def sync_services() -> tuple[dict[str, Any], ...]:
+        """The services whose orders this sync reads: configured, or discovered."""
+        found = [service_row(s) for page in api.services(service_ids, enterprise_ids) for s in page]
+        if service_ids:
+            return tuple(found)
+        return tuple(s for s in found if s["Discriminator"] == PRODUCT_SERVICE_DISCRIMINATOR)
+
+    @dlt.resource(write_disposition="merge", primary_key="id")
+    def services() -> Iterator[pa.Table]:
+        """Yields one table of the synced services: id, enterprise_id, name, discriminator."""
+        if sync_services():
+            yield to_table(sync_services(), SERVICE_COLUMNS)
+
+    @dlt.resource(
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        columns={"updated_utc": {"dedup_sort": "desc"}},
+    )
+    def product_service_orders() -> Iterator[pa.Table]:
+        """Yields a typed table per page of orders updated since each service's watermark."""
+        ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        if backfill:
+            for window in walk_windows(*backfill):
+                yield from orders_in(ids, window)
+            return
+        watermarks: dict[str, str] = dlt.current.resource_state().setdefault("watermarks", {})
+        for group_start, group in group_by_start(ids, watermarks, start, overlap).items():
+            for window in walk_windows(group_start, end):
+                yield from orders_in(group, window)
+        # Reached only when every window was read: a failed run keeps the old watermarks.
+        for service_id in ids:
+            watermarks[service_id] = format_utc(end)
+
+    def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
+        for page in api.product_service_orders(ids, *window, enterprise_ids):
+            yield to_table(page, ORDER_COLUMNS)
+
+    @dlt.transformer(
+        data_from=product_service_orders,
+        parallelized=True,
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        merge_key="service_order_id",
+        columns={DELETED_COLUMN: {"hard_delete": True, "data_type": "bool"}},
+    )
+    def service_order_notes(orders: pa.Table) -> list[pa.Table]:
+        """Yields the notes of a page of orders, replacing all stored notes of those orders.
+
+        Orders left without notes get a deletion marker, so their old notes disappear too.
+        """
+        order_ids = orders.column("id").to_pylist()
+        tables = [
+            to_table(page, NOTE_COLUMNS)
+            for page in api.service_order_notes(order_ids, types, enterprise_ids)
+        ]
+        with_notes = set().union(*(t.column("service_order_id").to_pylist() for t in tables))
+        without_notes = [i for i in order_ids if i not in with_notes]
+        if without_notes:
+            tables.append(deletion_markers(without_notes))
+        return tables
+
+    return services, product_service_orders, service_order_notes
+
+
+def service_row(service: dict[str, Any]) -> dict[str, Any]:
+    """A service with its kind and English (or first) name, in current and legacy shapes."""
+    data = service.get("Data") if isinstance(service.get("Data"), dict) else {}
+    legacy = service.get("Type")
+    kind = data.get("Discriminator") or LEGACY_SERVICE_TYPES.get(legacy, legacy)
+    names = service.get("Names") if isinstance(service.get("Names"), dict) else {}
+    name = service.get("Name") or names.get("en-US") or next(iter(names.values()), None)
+    return {
+        "Id": service.get("Id"),
+        "EnterpriseId": service.get("EnterpriseId"),
+        "Name": name,
+        "Discriminator": kind,
+        "IsActive": service.get("IsActive"),
+        "CreatedUtc": service.get("CreatedUtc"),
+        "UpdatedUtc": service.get("UpdatedUtc"),
+    }
+
+
+def walk_windows(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """Consecutive [start, end) windows of at most MAX_WINDOW_MONTHS calendar months."""
+    while start < end:
+        stop = min(pendulum.instance(start).add(months=MAX_WINDOW_MONTHS), end)
+        yield start, stop
+        start = stop
+
+
+def group_by_start(
+    service_ids: list[str], watermarks: dict[str, str], start: datetime, overlap: timedelta
+) -> dict[datetime, list[str]]:
+    """Services grouped by where their sync starts: a little before their watermark, or at
+    `start` for a service never synced (so a newly discovered service gets its history)."""
+    groups: dict[datetime, list[str]] = {}
+    for service_id in service_ids:
+        mark = watermarks.get(service_id)
+        begin = max(start, parse_utc(mark, "state") - overlap) if mark else start
+        groups.setdefault(begin, []).append(service_id)
+    return dict(sorted(groups.items()))
+
+
+def parse_utc(value: str | datetime | None, name: str) -> datetime:
+    """An aware UTC datetime from ISO 8601 text (a date alone means midnight UTC)."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise MewsConfigError(
+                f"{name} {value!r} is not a date: use ISO 8601, e.g. 2024-01-31 or "
+                "2024-01-31T00:00:00Z."
+            ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def check_ids(value: Any, name: str) -> list[str] | None:
+    """None, or a non-empty list of non-empty id strings; anything else is a config error."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(v, str) and v.strip() for v in value)
+    ):
+        raise MewsConfigError(f'{name} must be a JSON list of ids, e.g. ["ae8da28c-..."].')
+    return [v.strip() for v in value]

@@ -1,0 +1,386 @@
+"""HTTP client for the Mews Connector API: tokens, cursor pagination, retries, rate limit.
+
+It knows Mews and nothing of dlt. Tokens live only in request bodies: they never reach a log
+line, an exception message or `repr()`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .settings import (
+    API_PATH,
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    DEFAULT_CLIENT,
+    ITEMS_KEY,
+    MAX_IDS_PER_REQUEST,
+    MAX_RETRIES,
+    MIN_PAGE_SIZE,
+    NOTES_OPERATION,
+    ORDERS_OPERATION,
+    PAGE_SIZE,
+    RATE_LIMIT_REQUESTS,
+    RATE_LIMIT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    SERVICES_OPERATION,
+)
+
+
+class MewsError(Exception):
+    """An expected failure whose message is safe to show: it never holds a token."""
+
+    transient = False  # True: trying again later may succeed without anyone acting
+
+
+class MewsConfigError(MewsError):
+    """The client was configured with something unusable."""
+
+
+class MewsApiError(MewsError):
+    """The API refused a request (4xx/5xx) with its own message."""
+
+    def __init__(self, operation: str, status: int, message: str, request_id: str | None = None):
+        self.operation, self.status, self.api_message = operation, status, message
+        self.request_id = request_id
+        hint = {
+            401: "check SOURCES__MEWS__CLIENT_TOKEN and SOURCES__MEWS__ACCESS_TOKEN",
+            403: "the API refused this by a business rule; check the token's permissions",
+        }.get(status, "")
+        ref = f" (Request-Id {request_id})" if request_id else ""
+        super().__init__(
+            f"Mews {operation} answered {status}: {message}{ref}" + (f"; {hint}" if hint else "")
+        )
+        self.transient = status in (408, 429) or status >= 500
+
+
+class RequestTooHeavyError(MewsApiError):
+    """408: the request asked for too much; the fix is to ask for less, not to retry it."""
+
+
+class MewsUnavailableError(MewsError):
+    """The API could not be reached or kept failing after every retry."""
+
+    transient = True
+
+
+class MewsResponseError(MewsError):
+    """The API answered 200 with something that is not what the documentation promises."""
+
+
+@dataclass
+class ClientStats:
+    """What the client did, for the run summary and the tests."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # per operation
+    retries: int = 0
+    throttled: int = 0  # 429 answers
+    heavy: int = 0  # 408 answers
+    limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
+    throttle_wait_seconds: float = 0.0  # waited because of 429s
+
+
+class SlidingWindowLimiter:
+    """At most `max_requests` starts in any `window_seconds`, shared by all threads."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        window_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if max_requests < 1 or window_seconds <= 0:
+            raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
+        self.max_requests, self.window_seconds = max_requests, window_seconds
+        self._clock, self._sleep = clock, sleep
+        self._starts: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Block until a request may start; return the seconds waited."""
+        waited = 0.0
+        # Holding the lock while sleeping is deliberate: every other caller would wait anyway,
+        # and it keeps the order of requests fair.
+        with self._lock:
+            while True:
+                now = self._clock()
+                while self._starts and self._starts[0] <= now - self.window_seconds:
+                    self._starts.popleft()
+                if len(self._starts) < self.max_requests:
+                    self._starts.append(now)
+                    return waited
+                pause = self._starts[0] + self.window_seconds - now
+                self._sleep(pause)
+                waited += pause
+
+
+def format_utc(moment: datetime) -> str:
+    """ISO 8601 UTC as Mews expects it, keeping sub-second precision only when there is some."""
+    moment = moment.astimezone(UTC)
+    spec = "microseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def retry_after_seconds(value: str | None, now: Callable[[], datetime]) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - now()).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[list[str]]:
+    """Consecutive lists of at most `size` ids."""
+    batch: list[str] = []
+    for item in ids:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def check_platform_url(url: str) -> str:
+    """Return the URL without a trailing slash, or raise MewsConfigError."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise MewsConfigError(
+            f"SOURCES__MEWS__PLATFORM_URL must be an address like https://api.mews.com, "
+            f"not {url!r}."
+        )
+    return url.strip().rstrip("/")
+
+
+class MewsClient:
+    """One Mews AccessToken's view of the Connector API."""
+
+    def __init__(
+        self,
+        platform_url: str,
+        client_token: str,
+        access_token: str,
+        client: str = DEFAULT_CLIENT,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        rate_limit: tuple[int, float] | None = (RATE_LIMIT_REQUESTS, RATE_LIMIT_SECONDS),
+        page_size: int = PAGE_SIZE,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        max_retries: int = MAX_RETRIES,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+        backoff_max: float = BACKOFF_MAX_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        stats: ClientStats | None = None,
+    ):
+        for name, token in (("CLIENT_TOKEN", client_token), ("ACCESS_TOKEN", access_token)):
+            if not isinstance(token, str) or not token.strip():
+                raise MewsConfigError(f"SOURCES__MEWS__{name} is empty: set it to your Mews token.")
+        if not 1 <= page_size <= PAGE_SIZE:
+            raise MewsConfigError(f"The page size must be between 1 and {PAGE_SIZE}.")
+        self._tokens = {"ClientToken": client_token.strip(), "AccessToken": access_token.strip()}
+        self.client_name = client or DEFAULT_CLIENT
+        self.page_size = page_size
+        self.max_retries, self.backoff_base, self.backoff_max = (
+            max_retries,
+            backoff_base,
+            backoff_max,
+        )
+        self._sleep = sleep
+        self._limiter = SlidingWindowLimiter(*rate_limit, sleep=sleep) if rate_limit else None
+        self._http = httpx.Client(
+            base_url=check_platform_url(platform_url) + API_PATH,
+            transport=transport,
+            timeout=timeout,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        self.stats = stats if stats is not None else ClientStats()
+        self._stats_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MewsClient({str(self._http.base_url)!r}, client={self.client_name!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MewsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- one request -------------------------------------------------------------------------
+
+    def post(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST one operation, retrying what is worth retrying; return the decoded body."""
+        content = json.dumps({**self._tokens, "Client": self.client_name, **payload}).encode()
+        attempt = 0
+        while True:
+            if self._limiter:
+                waited = self._limiter.acquire()
+                self._count(limiter_wait_seconds=waited)
+            self._count(operation=operation)
+            try:
+                response = self._http.post("/" + operation, content=content)
+            except httpx.TransportError as exc:
+                failure, pause = f"connection failed ({type(exc).__name__})", None
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        failure, pause = "the answer was not valid JSON", None
+                    else:
+                        if not isinstance(data, dict):
+                            raise MewsResponseError(
+                                f"Mews {operation} answered 200 without a JSON object."
+                            )
+                        return data
+                elif status == 429:
+                    failure = "rate limited (429)"
+                    pause = retry_after_seconds(
+                        response.headers.get("Retry-After"), lambda: datetime.now(UTC)
+                    )
+                    self._count(throttled=1)
+                elif status == 408:
+                    self._count(heavy=1)
+                    raise RequestTooHeavyError(operation, status, *self._error_details(response))
+                elif status >= 500:
+                    failure, pause = f"server error {status}", None
+                else:
+                    raise MewsApiError(operation, status, *self._error_details(response))
+            if attempt >= self.max_retries:
+                raise MewsUnavailableError(
+                    f"Mews {operation} still failing after {attempt + 1} attempts: {failure}. "
+                    "Try again later."
+                )
+            if pause is None:
+                # Exponential backoff with full jitter, so parallel clients do not retry in step.
+                pause = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+            if failure.startswith("rate limited"):
+                self._count(throttle_wait_seconds=pause)
+            self._count(retries=1)
+            self._sleep(pause)
+            attempt += 1
+
+    def _error_details(self, response: httpx.Response) -> tuple[str, str | None]:
+        """The API's Message and RequestId, with any token blotted out."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        message = str(body.get("Message") or response.reason_phrase or "no message")
+        for token in self._tokens.values():
+            message = message.replace(token, "***")
+        request_id = body.get("RequestId") or response.headers.get("Request-Id")
+        return message[:500], request_id
+
+    def _count(self, operation: str | None = None, **amounts: float) -> None:
+        with self._stats_lock:
+            if operation:
+                self.stats.requests[operation] += 1
+            for name, amount in amounts.items():
+                setattr(self.stats, name, getattr(self.stats, name) + amount)
+
+    # -- pagination --------------------------------------------------------------------------
+
+    def iter_pages(self, operation: str, filters: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Yield the non-empty pages of a paginated operation, newest first.
+
+        The end is a null cursor or a page shorter than asked for. A 408 halves the page size
+        for the rest of the walk, down to MIN_PAGE_SIZE.
+        """
+        items_key = ITEMS_KEY[operation]
+        count, cursor = self.page_size, None
+        while True:
+            limitation: dict[str, Any] = {"Count": count}
+            if cursor:
+                limitation["Cursor"] = cursor
+            try:
+                data = self.post(operation, {**filters, "Limitation": limitation})
+            except RequestTooHeavyError:
+                if count <= MIN_PAGE_SIZE:
+                    raise
+                count = max(MIN_PAGE_SIZE, count // 2)
+                continue
+            items = data.get(items_key)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise MewsResponseError(
+                    f"Mews {operation} answered 200 without a '{items_key}' list of objects."
+                )
+            if items:
+                yield items
+            next_cursor = data.get("Cursor")
+            if len(items) < count or not next_cursor:
+                return
+            if next_cursor == cursor:
+                raise MewsResponseError(f"Mews {operation} returned the same cursor twice.")
+            cursor = next_cursor
+
+    # -- operations --------------------------------------------------------------------------
+
+    def product_service_orders(
+        self,
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+        enterprise_ids: list[str] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of orders of these services whose UpdatedUtc is in the interval.
+
+        The caller keeps the interval within MAX_WINDOW_MONTHS; any number of service ids.
+        """
+        interval = {"StartUtc": format_utc(updated_from), "EndUtc": format_utc(updated_to)}
+        for services in chunked(service_ids):
+            filters: dict[str, Any] = {"ServiceIds": services, "UpdatedUtc": interval}
+            if enterprise_ids:
+                filters["EnterpriseIds"] = enterprise_ids
+            yield from self.iter_pages(ORDERS_OPERATION, filters)
+
+    def service_order_notes(
+        self,
+        order_ids: Iterable[str],
+        types: Iterable[str] | None = None,
+        enterprise_ids: list[str] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the notes of these orders, any number of ids, in batches of 1000."""
+        for orders in chunked(order_ids):
+            filters: dict[str, Any] = {"ServiceOrderIds": orders}
+            if types:
+                filters["Types"] = list(types)
+            if enterprise_ids:
+                filters["EnterpriseIds"] = enterprise_ids
+            yield from self.iter_pages(NOTES_OPERATION, filters)
+
+    def services(
+        self, service_ids: list[str] | None = None, enterprise_ids: list[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of services, all of them or only the given ids."""
+        for services in chunked(service_ids) if service_ids else [None]:
+            filters: dict[str, Any] = {}
+            if services:
+                filters["ServiceIds"] = services
+            if enterprise_ids:
+                filters["EnterpriseIds"] = enterprise_ids
+            yield from self.iter_pages(SERVICES_OPERATION, filters)

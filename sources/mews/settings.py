@@ -1,0 +1,41 @@
+"""Constants of the Mews Connector API and the defaults of this source, in one place."""
+
+from datetime import timedelta
+
+API_PATH = "/api/connector/v1"
+DEMO_PLATFORM_URL = "https://api.mews-demo.com"
+PRODUCTION_PLATFORM_URL = "https://api.mews.com"
+
+ORDERS_OPERATION = "productServiceOrders/getAll"
+NOTES_OPERATION = "serviceOrderNotes/getAll"
+SERVICES_OPERATION = "services/getAll"
+
+# Response keys holding the items of each paginated operation.
+ITEMS_KEY = {
+    ORDERS_OPERATION: "ProductServiceOrders",
+    NOTES_OPERATION: "ServiceOrderNotes",
+    SERVICES_OPERATION: "Services",
+}
+
+PAGE_SIZE = 1000  # Limitation.Count maximum
+MAX_IDS_PER_REQUEST = 1000  # every id list in a request
+MIN_PAGE_SIZE = 10  # below this a 408 is not the page size's fault
+MAX_WINDOW_MONTHS = 3  # UpdatedUtc interval maximum
+
+DEFAULT_CLIENT = "mews-sync 0.1.0"
+# Mews started in 2012: nothing can be older, and empty windows cost one request each.
+DEFAULT_START_DATE = "2012-01-01T00:00:00Z"
+DEFAULT_OVERLAP = timedelta(minutes=5)
+# Without `Types` the API returns only General and ChannelManager notes.
+DEFAULT_NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
+
+RATE_LIMIT_REQUESTS = 200  # per AccessToken ...
+RATE_LIMIT_SECONDS = 30.0  # ... per sliding window
+REQUEST_TIMEOUT_SECONDS = 60.0
+MAX_RETRIES = 8
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+
+# services/getAll: current responses discriminate with Data.Discriminator, older ones with Type.
+PRODUCT_SERVICE_DISCRIMINATOR = "Additional"
+LEGACY_SERVICE_TYPES = {"Orderable": "Additional", "Reservable": "Bookable"}

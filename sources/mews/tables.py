@@ -1,0 +1,202 @@
+"""Turn pages of Mews items into typed Arrow tables with dlt's column names.
+
+Known fields get explicit types, so a page whose timestamps or booleans are all null still
+creates typed columns. Fields the API adds later are kept, named the way dlt names them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+from .client import MewsResponseError
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+STRING = pa.string()
+_naming = NamingConvention()
+
+
+@dataclass(frozen=True)
+class Column:
+    """A destination column fed by the first present of `paths` (each a tuple of API keys)."""
+
+    name: str
+    type: pa.DataType
+    paths: tuple[tuple[str, ...], ...]
+    always: bool = True  # False: emitted only when some item carries it
+
+
+def col(name: str, api: str, type: pa.DataType = STRING, *alternatives: str) -> Column:
+    paths = tuple(tuple(path.split(".")) for path in (api, *alternatives))
+    return Column(name, type, paths)
+
+
+ORDER_COLUMNS = [
+    col("id", "Id"),
+    col("service_id", "ServiceId"),
+    col("account_id", "AccountId"),
+    col("account_type", "AccountType"),
+    col("creator_profile_id", "CreatorProfileId"),
+    col("updater_profile_id", "UpdaterProfileId"),
+    col("booker_id", "BookerId"),
+    col("number", "Number"),
+    col("state", "State"),
+    col("origin", "Origin"),
+    col("commander_origin", "CommanderOrigin"),
+    col("origin_details", "OriginDetails"),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    col("updated_utc", "UpdatedUtc", TIMESTAMP),
+    col("cancelled_utc", "CancelledUtc", TIMESTAMP),
+    col("voucher_id", "VoucherId"),
+    col("business_segment_id", "BusinessSegmentId"),
+    col("linked_reservation_id", "LinkedReservationId"),
+    col("options__owner_checked_in", "Options.OwnerCheckedIn", pa.bool_()),
+    col("options__all_companions_checked_in", "Options.AllCompanionsCheckedIn", pa.bool_()),
+    col("options__any_companion_checked_in", "Options.AnyCompanionCheckedIn", pa.bool_()),
+    col("options__connector_check_in", "Options.ConnectorCheckIn", pa.bool_()),
+]
+
+NOTE_COLUMNS = [
+    col("id", "Id"),
+    # The seed names the order reference ServiceOrderId, the current documentation OrderId.
+    col("service_order_id", "ServiceOrderId", pa.string(), "OrderId"),
+    col("text", "Text"),
+    col("type", "Type"),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    Column("updated_utc", TIMESTAMP, (("UpdatedUtc",),), always=False),
+]
+
+SERVICE_COLUMNS = [
+    col("id", "Id"),
+    col("enterprise_id", "EnterpriseId"),
+    col("name", "Name"),
+    col("discriminator", "Discriminator"),
+    col("is_active", "IsActive", pa.bool_()),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    col("updated_utc", "UpdatedUtc", TIMESTAMP),
+]
+
+# Marks "this order has no notes any more" rows; dlt deletes, never inserts, them.
+DELETED_COLUMN = "_deleted"
+KEY_COLUMNS = ("id", "service_order_id")  # the primary key and the notes' merge key
+
+
+def to_table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pa.Table:
+    """A typed table of `items`: the known columns first, then any field the API added."""
+    arrays: dict[str, pa.Array] = {}
+    for column in columns:
+        values = _values(items, column.paths)
+        if column.always or any(v is not None for v in values):
+            arrays[column.name] = _typed_array(values, column.type, column.name)
+    for path, values in _unknown_fields(items, columns).items():
+        name = _naming.normalize_path(_naming.make_path(*map(_naming.normalize_identifier, path)))
+        if name not in arrays and any(v is not None for v in values):
+            arrays[name] = _inferred_array(values)
+    return with_keys_required(pa.table(arrays))
+
+
+def deletion_markers(order_ids: Sequence[str]) -> pa.Table:
+    """Rows that make dlt drop every stored note of these orders."""
+    ids = pa.array(order_ids, pa.string())
+    markers = pa.table({"id": ids, "service_order_id": ids, DELETED_COLUMN: [True] * len(ids)})
+    return with_keys_required(markers)
+
+
+def with_keys_required(table: pa.Table) -> pa.Table:
+    """Mark key columns NOT NULL as dlt does for its primary and merge keys, so that the
+    Arrow schema and dlt's hints agree."""
+    schema = table.schema
+    for name in KEY_COLUMNS:
+        index = schema.get_field_index(name)
+        if index >= 0 and table.column(name).null_count == 0:
+            schema = schema.set(index, schema.field(name).with_nullable(False))
+    return table if schema is table.schema else table.cast(schema)
+
+
+def _values(items: Sequence[dict[str, Any]], paths: tuple[tuple[str, ...], ...]) -> list[Any]:
+    first, *alternatives = paths
+    values = [_get(item, first) for item in items]
+    for path in alternatives:
+        if any(v is None for v in values):
+            values = [
+                _get(item, path) if v is None else v for v, item in zip(values, items, strict=True)
+            ]
+    return values
+
+
+def _get(item: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = item
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _unknown_fields(
+    items: Sequence[dict[str, Any]], columns: Sequence[Column]
+) -> dict[tuple[str, ...], list[Any]]:
+    """Fields no column reads, one level of objects flattened like dlt flattens them."""
+    known = {path for column in columns for path in column.paths}
+    parents = {path[0] for path in known if len(path) > 1}
+    found: dict[tuple[str, ...], list[Any]] = {}
+    for key in set().union(*(item.keys() for item in items)):
+        if (key,) in known:
+            continue
+        values = [item.get(key) for item in items]
+        if key in parents or (
+            any(isinstance(v, dict) for v in values)
+            and all(v is None or isinstance(v, dict) for v in values)
+        ):
+            children = set().union(*(v.keys() for v in values if isinstance(v, dict)))
+            for child in children - {path[1] for path in known if path[0] == key}:
+                found[(key, child)] = [_get(v, (child,)) for v in values]
+        else:
+            found[(key,)] = values
+    return found
+
+
+def _typed_array(values: list[Any], type: pa.DataType, name: str) -> pa.Array:
+    try:
+        if type == TIMESTAMP:
+            return pa.array(values, pa.string()).cast(TIMESTAMP)
+        return pa.array(values, type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    if type == TIMESTAMP:
+        return pa.array([_parse_timestamp(v, name) for v in values], TIMESTAMP)
+    if type == pa.string():
+        return pa.array([None if v is None else _as_text(v) for v in values], type)
+    raise MewsResponseError(f"Mews sent a value for {name} that is not a {type}: fix or report it.")
+
+
+def _parse_timestamp(value: Any, name: str) -> datetime | None:
+    """Slow path for what Arrow's ISO parser refuses (7 fraction digits, no zone)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise MewsResponseError(
+            f"Mews sent {name} = {str(value)[:40]!r}, which is not an ISO 8601 timestamp."
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _inferred_array(values: list[Any]) -> pa.Array:
+    if any(isinstance(v, dict | list) for v in values):
+        return pa.array([None if v is None else _as_text(v) for v in values], pa.string())
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else _as_text(v) for v in values], pa.string())
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
