@@ -118,13 +118,13 @@ def sync(
 
 
 def apply_sql_models(database: str) -> None:
-    """(Re)create the views in sql/ over the tables that exist."""
-    files = sorted(SQL_DIR.glob("*.sql"))
-    if not files:
-        return
+    """(Re)create the views in sql/; a view whose tables do not exist yet waits for them."""
     with duckdb.connect(database) as con:
-        for path in files:
-            con.execute(path.read_text())
+        for path in sorted(SQL_DIR.glob("*.sql")):
+            try:
+                con.execute(path.read_text())
+            except duckdb.CatalogException as exc:
+                log.info("view %s skipped until its tables exist: %s", path.stem, exc)
 
 
 def table_counts(database: str) -> dict[str, int]:

@@ -1,0 +1,15 @@
+-- What did staff write on orders, and about which order and service?
+-- One row per note, with its order's number, state and service name.
+create or replace view mews.notes_with_orders as
+select
+    n.id as note_id,
+    n.type as note_type,
+    n.text,
+    n.created_utc as note_created_utc,
+    o.id as order_id,
+    o.number as order_number,
+    o.state as order_state,
+    s.name as service_name
+from mews.service_order_notes as n
+join mews.product_service_orders as o on o.id = n.service_order_id
+left join mews.services as s on s.id = o.service_id;

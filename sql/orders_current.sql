@@ -1,0 +1,23 @@
+-- Which orders exist now, for which service (and enterprise), and how many notes each has?
+-- One row per product service order, with its service's name and its note count.
+create or replace view mews.orders_current as
+select
+    o.id,
+    o.number,
+    o.state,
+    o.origin,
+    o.service_id,
+    s.name as service_name,
+    s.enterprise_id,
+    o.account_id,
+    o.created_utc,
+    o.updated_utc,
+    o.cancelled_utc,
+    coalesce(n.note_count, 0) as note_count
+from mews.product_service_orders as o
+left join mews.services as s on s.id = o.service_id
+left join (
+    select service_order_id, count(*) as note_count
+    from mews.service_order_notes
+    group by service_order_id
+) as n on n.service_order_id = o.id;

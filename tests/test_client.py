@@ -1,0 +1,156 @@
+"""Unit tests of the pieces of the API client and source that need no server."""
+
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from sources.mews import check_ids, group_by_start, parse_utc, walk_windows
+from sources.mews.client import (
+    MewsClient,
+    MewsConfigError,
+    SlidingWindowLimiter,
+    chunked,
+    format_utc,
+    retry_after_seconds,
+)
+from sources.mews.tables import NOTE_COLUMNS, ORDER_COLUMNS, to_table
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_limiter_never_allows_more_than_the_window_holds():
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 30.0, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(7):
+        limiter.acquire()
+        starts.append(clock.now)
+        clock.now += 1.0
+    # Any 30 s sliding window holds at most 3 starts.
+    for i, start in enumerate(starts):
+        assert sum(1 for s in starts[i:] if s < start + 30.0) <= 3
+    assert starts[3] == pytest.approx(30.0)  # the 4th waits for the 1st to leave the window
+    assert clock.sleeps and all(s > 0 for s in clock.sleeps)
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7", lambda: now) == 7.0
+    assert retry_after_seconds("Wed, 01 Jan 2025 12:00:05 GMT", lambda: now) == 5.0
+    assert retry_after_seconds("Wed, 01 Jan 2025 11:00:00 GMT", lambda: now) == 0.0
+    assert retry_after_seconds(None, lambda: now) is None
+    assert retry_after_seconds("soon", lambda: now) is None
+
+
+def test_format_utc_keeps_precision_only_when_present():
+    assert format_utc(datetime(2024, 4, 1, tzinfo=UTC)) == "2024-04-01T00:00:00Z"
+    moment = datetime(2024, 4, 1, 1, 2, 3, 450000, tzinfo=UTC)
+    assert format_utc(moment) == "2024-04-01T01:02:03.450000Z"
+    plus_two = datetime(2024, 4, 1, 2, 0, tzinfo=UTC).astimezone()  # any zone becomes UTC
+    assert format_utc(plus_two).endswith("Z")
+
+
+def test_windows_cover_the_range_without_gap_or_overlap_and_stay_within_three_months():
+    start, end = datetime(2023, 1, 31, 5, tzinfo=UTC), datetime(2025, 2, 10, tzinfo=UTC)
+    windows = list(walk_windows(start, end))
+    assert windows[0][0] == start and windows[-1][1] == end
+    for (_, a_end), (b_start, _) in zip(windows, windows[1:], strict=False):
+        assert a_end == b_start
+    for a, b in windows:
+        assert a < b
+        months = (b.year - a.year) * 12 + b.month - a.month
+        assert months < 3 or (months == 3 and (b.day, b.time()) <= (a.day, a.time()))
+    assert list(walk_windows(end, end)) == []
+
+
+def test_group_by_start_backs_off_by_the_overlap_and_starts_new_services_at_start_date():
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    marks = {"a": "2024-05-01T00:00:00Z", "b": "2024-05-01T00:00:00Z"}
+    groups = group_by_start(["a", "b", "c"], marks, start, timedelta(minutes=5))
+    assert groups == {start: ["c"], datetime(2024, 4, 30, 23, 55, tzinfo=UTC): ["a", "b"]}
+
+
+def test_chunked_batches_of_at_most_1000():
+    batches = list(chunked((str(i) for i in range(2501)), 1000))
+    assert [len(b) for b in batches] == [1000, 1000, 501]
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2024-13-01", "", "01/02/2024"]
+)
+def test_parse_utc_refuses_what_is_not_a_date(value):
+    with pytest.raises(MewsConfigError, match="ISO 8601"):
+        parse_utc(value, "SOURCES__MEWS__START_DATE")
+
+
+def test_parse_utc_reads_dates_and_zones_as_utc():
+    assert parse_utc("2024-01-31", "x") == datetime(2024, 1, 31, tzinfo=UTC)
+    assert parse_utc("2024-01-31T02:00:00+02:00", "x") == datetime(2024, 1, 31, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value", ["abc", [], [""], [1, 2], {"a": 1}])
+def test_check_ids_refuses_anything_but_a_list_of_ids(value):
+    with pytest.raises(MewsConfigError, match="JSON list of ids"):
+        check_ids(value, "SOURCES__MEWS__SERVICE_IDS")
+
+
+@pytest.mark.parametrize(
+    "url", ["api.mews.com", "ftp://api.mews.com", "https://", "https://x.com/?a=1", ""]
+)
+def test_client_refuses_malformed_platform_urls(url):
+    with pytest.raises(MewsConfigError, match="PLATFORM_URL"):
+        MewsClient(url, "c", "a")
+
+
+def test_client_refuses_empty_tokens_without_echoing_them():
+    with pytest.raises(MewsConfigError, match="ACCESS_TOKEN is empty"):
+        MewsClient("https://api.mews.com", "secret-client", "  ")
+
+
+def test_client_repr_holds_no_token():
+    client = MewsClient("https://api.mews.com", "secret-client", "secret-access")
+    assert "secret" not in repr(client)
+
+
+def test_order_table_types_null_only_columns_and_keeps_new_fields():
+    page = [
+        {
+            "Id": "o1",
+            "UpdatedUtc": "2024-01-01T00:00:00Z",
+            "CreatedUtc": "2024-01-01T00:00:00.1234567Z",  # .NET's 7 digits
+            "CancelledUtc": None,
+            "State": "SomethingNew",
+            "Options": {"OwnerCheckedIn": None, "BrandNewFlag": True},
+            "LoyaltyCode": "X1",
+        }
+    ]
+    table = to_table(page, ORDER_COLUMNS)
+    assert table.schema.field("cancelled_utc").type == pa.timestamp("us", tz="UTC")
+    assert table.schema.field("options__owner_checked_in").type == pa.bool_()
+    assert table.column("created_utc")[0].as_py() == datetime(2024, 1, 1, 0, 0, 0, 123456, UTC)
+    assert table.column("state").to_pylist() == ["SomethingNew"]
+    assert table.column("options__brand_new_flag").to_pylist() == [True]
+    assert table.column("loyalty_code").to_pylist() == ["X1"]
+    assert not table.schema.field("id").nullable
+
+
+def test_note_table_reads_both_order_reference_names():
+    page = [
+        {"Id": "n1", "ServiceOrderId": "o1", "Text": "a", "Type": "General"},
+        {"Id": "n2", "OrderId": "o2", "Text": "b", "Type": "General"},
+    ]
+    table = to_table(page, NOTE_COLUMNS)
+    assert table.column("service_order_id").to_pylist() == ["o1", "o2"]
+    assert "updated_utc" not in table.column_names  # only when the API sends it
