@@ -1,0 +1,802 @@
+"""The sandbox: state, request handling (bytes in, status/headers/bytes out), rules and faults."""
+
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from mews_sandbox import data
+from mews_sandbox.data import Note, NoteShape, Order, ServiceShape
+
+if TYPE_CHECKING:
+    import httpx
+
+DEMO_CLIENT_TOKEN = "E0D439EE522F44368DC78E1BFB03710C-D24FB11DBE31D4621C4817E028D9E1D"
+DEMO_ACCESS_TOKEN = "C66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D"
+
+API_PREFIX = "/api/connector/v1/"
+GET_ORDERS = "productServiceOrders/getAll"
+ADD_ORDER = "orders/add"
+GET_NOTES = "serviceOrderNotes/getAll"
+ADD_NOTES = "serviceOrderNotes/add"
+UPDATE_NOTES = "serviceOrderNotes/update"
+DELETE_NOTES = "serviceOrderNotes/delete"
+GET_SERVICES = "services/getAll"
+OPERATIONS = frozenset({GET_ORDERS, ADD_ORDER, GET_NOTES, ADD_NOTES, UPDATE_NOTES, DELETE_NOTES,
+                        GET_SERVICES})
+MAX_ITEMS = 1000
+MAX_INTERVAL_MONTHS = 3
+DEFAULT_NOTE_TYPES = frozenset({"General", "ChannelManager"})
+RESULT_CACHE_SIZE = 32
+
+Window = tuple[float, float]  # (StartUtc, EndUtc) as epoch seconds
+Scope = frozenset[str]  # enterprise ids a request may see
+
+
+@dataclass
+class Faults:
+    """Injected failures, all off by default. One seeded RNG: the same requests fail alike."""
+
+    seed: int = 0
+    latency_s: float = 0.0
+    error_500: float = 0.0
+    error_408: float = 0.0
+    error_429: float = 0.0
+    retry_after_header: bool = True
+    drop: float = 0.0
+    heavy_count: int | None = None
+    malformed_json: float = 0.0
+    only_operations: set[str] | None = None
+
+
+@dataclass
+class SandboxConfig:
+    interval_semantics: Literal["half_open", "inclusive"] = "half_open"
+    note_shape: NoteShape = "seed"
+    service_shape: ServiceShape = "current"
+    rate_limit: tuple[int, float] | None = None
+    faults: Faults = field(default_factory=Faults)
+    # Whether a note change bumps its order's UpdatedUtc is undocumented; plausible, so on.
+    notes_bump_order: bool = True
+    updated_utc_required: bool = True
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    operation: str
+    status: int  # 0: the connection was dropped without an answer
+    body: dict[str, Any]
+    at: float
+
+
+class RequestLog:
+    def __init__(self) -> None:
+        self._entries: list[LoggedRequest] = []
+        self._lock = threading.Lock()
+
+    @property
+    def entries(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._entries)
+
+    def append(self, entry: LoggedRequest) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def count(self, operation: str | None = None, status: int | None = None) -> int:
+        return sum(1 for e in self.entries
+                   if (operation is None or e.operation == operation)
+                   and (status is None or e.status == status))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+@dataclass(frozen=True)
+class SandboxResponse:
+    status: int  # 0: drop the connection without answering
+    headers: dict[str, str]
+    body: bytes
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# --- request validation -------------------------------------------------------------------
+
+def _string_set(payload: dict[str, Any], name: str, *, required: bool = False,
+                ) -> frozenset[str] | None:
+    """An array of strings, at most 1000. An empty array is taken as absent (no filter)."""
+    value = payload.get(name)
+    if value is None or value == []:
+        if required:
+            raise _bad(f"{name} is required.")
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(f"{name} must be an array of strings.")
+    if len(value) > MAX_ITEMS:
+        raise _bad(f"{name} can contain at most {MAX_ITEMS} items.")
+    return frozenset(value)
+
+
+def _limitation(payload: dict[str, Any]) -> tuple[int, str | None]:
+    limitation = payload.get("Limitation")
+    if not isinstance(limitation, dict):
+        raise _bad("Limitation is required.")
+    count = limitation.get("Count")
+    if type(count) is not int or not 1 <= count <= MAX_ITEMS:
+        raise _bad(f"Limitation.Count must be an integer from 1 to {MAX_ITEMS}.")
+    cursor = limitation.get("Cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise _bad("Invalid Cursor.")
+    return count, cursor
+
+
+def _parse_utc(value: Any, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise _bad(f"{name} is required (ISO 8601, UTC).")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(f"{name} is not an ISO 8601 date and time: {value!r}.") from None
+    if parsed.tzinfo is None or parsed.utcoffset():
+        raise _bad(f"{name} must be in UTC (e.g. 2023-04-01T00:00:00Z): {value!r}.")
+    return parsed
+
+
+def _interval(payload: dict[str, Any], name: str, *, required: bool = False) -> Window | None:
+    value = payload.get(name)
+    if value is None:
+        if required:
+            raise _bad(f"{name} is required.")
+        return None
+    if not isinstance(value, dict):
+        raise _bad(f"{name} must be an object with StartUtc and EndUtc.")
+    start = _parse_utc(value.get("StartUtc"), f"{name}.StartUtc")
+    end = _parse_utc(value.get("EndUtc"), f"{name}.EndUtc")
+    if start > end:
+        raise _bad(f"{name}.StartUtc must not be after {name}.EndUtc.")
+    # Every interval these operations take is an UpdatedUtc, limited to 3 months.
+    if end > data.add_months(start, MAX_INTERVAL_MONTHS):
+        raise _bad(f"{name} interval must not be longer than {MAX_INTERVAL_MONTHS} months.")
+    return start.timestamp(), end.timestamp()
+
+
+def _optional_str(payload: dict[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _bad(f"{name} must be a string.")
+    return value
+
+
+def _items(payload: dict[str, Any], name: str, *, required: bool) -> list[dict[str, Any]]:
+    value = payload.get(name)
+    if value is None:
+        if required:
+            raise _bad(f"{name} is required.")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _bad(f"{name} must be an array of objects.")
+    if required and not value:
+        raise _bad(f"{name} must not be empty.")
+    if len(value) > MAX_ITEMS:
+        raise _bad(f"{name} can contain at most {MAX_ITEMS} items.")
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(f"{name} is required (at least 1 character).")
+    return value
+
+
+# --- filtering and paging -----------------------------------------------------------------
+
+def _within(ts: int, window: Window, inclusive: bool) -> bool:
+    start, end = window
+    if ts < start:
+        return False
+    return ts <= end if inclusive or start == end else ts < end
+
+
+def _slice_bounds(keys: list[int], window: Window, inclusive: bool) -> tuple[int, int]:
+    start, end = window
+    if inclusive or start == end:
+        return bisect_left(keys, start), bisect_right(keys, end)
+    return bisect_left(keys, start), bisect_left(keys, end)
+
+
+_seq = attrgetter("seq")
+T = TypeVar("T")
+
+
+def _page(items: list[T], cursor_seq: int | None, count: int) -> list[T]:
+    """`items` ascend by seq; a page runs newest to oldest, strictly older than the cursor."""
+    end = len(items) if cursor_seq is None else bisect_left(items, cursor_seq, key=_seq)
+    return items[max(0, end - count):end][::-1]
+
+
+def _redact(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: "***" if k in ("ClientToken", "AccessToken") else v for k, v in payload.items()}
+
+
+def _headers(request_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"Content-Type": "application/json; charset=utf-8", "Request-Id": request_id,
+            **(extra or {})}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the sandbox --------------------------------------------------------------------------
+
+class Sandbox:
+    """A Mews Connector API stand-in. All state is guarded by one lock: handlers run on many
+    threads, and a page of 1000 orders takes milliseconds, so finer locking buys nothing."""
+
+    def __init__(self, config: SandboxConfig | None = None, *,
+                 dataset: data.Dataset | None = None, seed: int = 0) -> None:
+        self.config = config or SandboxConfig()
+        self.clock: Callable[[], datetime] = _utcnow
+        self.client_token = DEMO_CLIENT_TOKEN
+        self.log = RequestLog()
+        self._lock = threading.RLock()
+        self._tokens: dict[str, frozenset[str] | None] = {DEMO_ACCESS_TOKEN: None}
+        self._rng = random.Random(f"sandbox-runtime-{seed}")  # ids created at run time
+        self._profile_id = data.new_id(self._rng)  # the "user" behind Connector API writes
+        self._hits: dict[str, deque[float]] = {}  # rate limit: request times per token
+        self._faults_seen: Faults | None = None
+        self._fault_rng = random.Random(0)
+        self._results: OrderedDict[Hashable, list[Any]] = OrderedDict()
+        self._handlers: dict[str, Callable[[dict[str, Any], Scope], bytes]] = {
+            GET_ORDERS: self._get_orders, ADD_ORDER: self._add_order,
+            GET_NOTES: self._get_notes, ADD_NOTES: self._add_notes,
+            UPDATE_NOTES: self._update_notes, DELETE_NOTES: self._delete_notes,
+            GET_SERVICES: self._get_services,
+        }
+        # Without a data set: the enterprises and services, but no orders or notes.
+        ds = dataset or data.generate(0, seed, _default_anchor())
+        self._enterprises = {e.Id: e for e in ds.enterprises}
+        self._services = {s.Id: s for s in ds.services}
+        self._orders = ds.orders  # index == seq
+        self._orders_by_id = {o.Id: o for o in ds.orders}
+        self._by_updated = sorted(ds.orders, key=attrgetter("UpdatedUtc"))
+        self._updated_keys = [o.UpdatedUtc for o in self._by_updated]  # for bisect
+        self._notes_by_id = {n.Id: n for n in ds.notes}  # deleted notes stay, as tombstones
+        self._notes_by_order: dict[str, list[Note]] = {}
+        for note in ds.notes:
+            self._notes_by_order.setdefault(note.OrderId, []).append(note)
+
+    @classmethod
+    def generate(cls, orders: int = 1000, seed: int = 0, config: SandboxConfig | None = None,
+                 now: datetime | None = None) -> "Sandbox":
+        """Deterministic: the same orders, seed and `now` give identical data. `now` defaults
+        to the current hour, so nothing generated lies in the future."""
+        dataset = data.generate(orders, seed, now or _default_anchor())
+        return cls(config, dataset=dataset, seed=seed)
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def add_token(self, access_token: str, enterprise_ids: list[str] | None = None) -> None:
+        """`enterprise_ids=None`: a portfolio token covering every enterprise."""
+        with self._lock:
+            self._tokens[access_token] = None if enterprise_ids is None else frozenset(
+                enterprise_ids)
+
+    def remove_token(self, access_token: str) -> None:
+        with self._lock:
+            self._tokens.pop(access_token, None)
+
+    def _scope(self, access_token: str) -> Scope:
+        enterprise_ids = self._tokens[access_token]
+        return frozenset(self._enterprises) if enterprise_ids is None else enterprise_ids
+
+    # --- truth, in API shape ------------------------------------------------------------
+
+    def orders(self) -> list[dict[str, Any]]:
+        """Every product service order, oldest created first."""
+        with self._lock:
+            return [data.order_to_api(o) for o in self._orders]
+
+    def notes(self, types: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every note that is not deleted, of the given types (None: all types)."""
+        with self._lock:
+            shape = self.config.note_shape
+            return [data.note_to_api(n, shape) for n in self._notes_by_id.values()
+                    if not n.deleted and (types is None or n.Type in types)]
+
+    def services(self) -> list[dict[str, Any]]:
+        with self._lock:
+            shape = self.config.service_shape
+            return [data.service_to_api(s, shape) for s in self._services.values()]
+
+    def enterprises(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"Id": e.Id, "Name": e.Name} for e in self._enterprises.values()]
+
+    # --- mutations through Python -------------------------------------------------------
+
+    def add_order(self, service_id: str, *, at: datetime | None = None, **fields: Any) -> str:
+        with self._lock:
+            if self._services[service_id].bookable:
+                raise ValueError(f"service {service_id} is bookable: it takes reservations")
+            fields.setdefault("AccountId", data.new_id(self._rng))
+            return self._new_order(service_id, self._ts(at), fields).Id
+
+    def update_order(self, order_id: str, *, at: datetime | None = None, **fields: Any) -> None:
+        with self._lock:
+            order = self._orders_by_id[order_id]
+            ts = self._ts(at)
+            if (fields.get("State") == "Canceled" and order.CancelledUtc is None
+                    and "CancelledUtc" not in fields):
+                fields["CancelledUtc"] = ts  # generated cancelled orders carry it too
+            self._update_order(order, {"UpdatedUtc": ts, **fields})
+
+    def add_note(self, order_id: str, text: str, type: str = "General", *,
+                 at: datetime | None = None) -> str:
+        with self._lock:
+            return self._new_note(self._orders_by_id[order_id], _text_or_raise(text), type,
+                                  self._ts(at)).Id
+
+    def update_note(self, note_id: str, text: str, *, at: datetime | None = None) -> None:
+        with self._lock:
+            self._edit_note(self._live_note(note_id), _text_or_raise(text), self._ts(at))
+
+    def delete_note(self, note_id: str) -> None:
+        with self._lock:
+            self._delete_note(self._live_note(note_id), self._ts(None))
+
+    def _live_note(self, note_id: str) -> Note:
+        note = self._notes_by_id[note_id]
+        if note.deleted:
+            raise KeyError(note_id)
+        return note
+
+    # --- state changes (callers hold the lock) --------------------------------------------
+
+    def _ts(self, at: datetime | None) -> int:
+        ts = data.to_ts(at if at is not None else self.clock())
+        assert ts is not None
+        return ts
+
+    def _changed(self) -> None:
+        self._results.clear()  # every cached filter result may be stale now
+
+    def _index(self, order: Order) -> None:
+        i = bisect_right(self._updated_keys, order.UpdatedUtc)
+        self._updated_keys.insert(i, order.UpdatedUtc)
+        self._by_updated.insert(i, order)
+
+    def _unindex(self, order: Order) -> None:
+        lo = bisect_left(self._updated_keys, order.UpdatedUtc)
+        hi = bisect_right(self._updated_keys, order.UpdatedUtc)
+        i = self._by_updated.index(order, lo, hi)
+        del self._updated_keys[i], self._by_updated[i]
+
+    @staticmethod
+    def _assign(order: Order, fields: dict[str, Any]) -> None:
+        unknown = [name for name in fields if name not in data.ORDER_FIELDS or name == "Id"]
+        if unknown:
+            raise ValueError(f"cannot set order fields: {sorted(unknown)}")
+        values = {name: data.to_ts(value) if name in data.TIMESTAMP_FIELDS else value
+                  for name, value in fields.items()}  # converted first: all or nothing
+        if "Options" in values:
+            values["Options"] = {**order.Options, **values["Options"]}  # shared: never mutate
+        for name, value in values.items():
+            setattr(order, name, value)
+        order.json = None
+
+    def _new_order(self, service_id: str, ts: int, fields: dict[str, Any]) -> Order:
+        order = Order(
+            seq=len(self._orders), Id=data.new_id(self._rng), ServiceId=service_id,
+            AccountId="", AccountType="Customer", CreatorProfileId=self._profile_id,
+            UpdaterProfileId=self._profile_id, BookerId=None, Number=str(len(self._orders) + 1),
+            State="Confirmed", Origin="Connector", CommanderOrigin=None, OriginDetails=None,
+            CreatedUtc=ts, UpdatedUtc=ts, CancelledUtc=None, VoucherId=None,
+            BusinessSegmentId=None, LinkedReservationId=None,
+            Options=dict.fromkeys(data.OPTION_NAMES, False))
+        self._assign(order, fields)
+        self._orders.append(order)
+        self._orders_by_id[order.Id] = order
+        self._index(order)
+        self._changed()
+        return order
+
+    def _update_order(self, order: Order, fields: dict[str, Any]) -> None:
+        self._unindex(order)
+        try:
+            self._assign(order, fields)
+        finally:
+            self._index(order)
+        self._changed()
+
+    def _bump(self, order_id: str, ts: int) -> None:
+        if self.config.notes_bump_order:
+            self._update_order(self._orders_by_id[order_id], {"UpdatedUtc": ts})
+
+    def _new_note(self, order: Order, text: str, note_type: str, ts: int) -> Note:
+        note = Note(seq=len(self._notes_by_id), Id=data.new_id(self._rng), OrderId=order.Id,
+                    Text=text, Type=note_type, CreatedUtc=ts, UpdatedUtc=ts)
+        self._notes_by_id[note.Id] = note
+        self._notes_by_order.setdefault(order.Id, []).append(note)
+        self._bump(order.Id, ts)
+        self._changed()
+        return note
+
+    def _edit_note(self, note: Note, text: str, ts: int) -> None:
+        note.Text, note.UpdatedUtc = text, ts
+        self._bump(note.OrderId, ts)
+        self._changed()
+
+    def _delete_note(self, note: Note, ts: int) -> None:
+        note.deleted = True
+        self._bump(note.OrderId, ts)
+        self._changed()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, body: bytes) -> SandboxResponse:
+        """Answer one request. Thread-safe. Status 0 means: drop the connection."""
+        request_id = str(uuid.uuid4())
+        operation = path[len(API_PREFIX):] if path.startswith(API_PREFIX) else path
+        payload: dict[str, Any] = {}
+        try:
+            if operation not in OPERATIONS:
+                operation = path
+                raise ApiError(404, f"No operation at {path!r}.")
+            if method != "POST":
+                raise ApiError(405, "Every operation is a POST.", {"Allow": "POST"})
+            payload = _parse_body(body)
+            faults = self.config.faults
+            faulty = faults.only_operations is None or operation in faults.only_operations
+            if faulty and faults.latency_s:
+                time.sleep(faults.latency_s)  # outside the lock: slow, not serialized
+            with self._lock:
+                response = self._dispatch(operation, payload, request_id, faulty)
+        except ApiError as error:
+            response = SandboxResponse(
+                error.status, _headers(request_id, error.headers),
+                _dumps({"Message": error.message, "RequestId": request_id}))
+        self.log.append(LoggedRequest(operation, response.status, _redact(payload), time.time()))
+        return response
+
+    def _dispatch(self, operation: str, payload: dict[str, Any], request_id: str,
+                  faulty: bool) -> SandboxResponse:
+        if payload.get("ClientToken") != self.client_token:
+            raise ApiError(401, "Invalid ClientToken.")
+        token = payload.get("AccessToken")
+        if not isinstance(token, str) or token not in self._tokens:
+            raise ApiError(401, "Invalid AccessToken.")
+        client = payload.get("Client")
+        if not isinstance(client, str) or not client:
+            raise _bad("Client is required.")
+        if (payload.get("LanguageCode") is None) != (payload.get("CultureCode") is None):
+            raise _bad("LanguageCode and CultureCode go together, or not at all.")
+        self._take_slot(token)
+        faults = self.config.faults
+        if faulty:
+            if (dropped := self._roll_fault(faults)) is not None:
+                return dropped
+            count = (payload.get("Limitation") or {}).get("Count")
+            if (faults.heavy_count is not None and operation.endswith("/getAll")
+                    and isinstance(count, int) and count > faults.heavy_count):
+                raise ApiError(408, "The request is too heavy: ask for fewer items.")
+        body = self._handlers[operation](payload, self._scope(token))
+        if faulty and faults.malformed_json and self._fault_rng.random() < faults.malformed_json:
+            body = body[:len(body) // 2]
+        return SandboxResponse(200, _headers(request_id), body)
+
+    def _take_slot(self, token: str) -> None:
+        """Sliding window per AccessToken. A refused request takes no slot: a client that
+        waits Retry-After seconds gets through, however often it asked meanwhile."""
+        if self.config.rate_limit is None:
+            return
+        limit, window = self.config.rate_limit
+        now = time.monotonic()
+        hits = self._hits.setdefault(token, deque())
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            retry_after = max(1, math.ceil(hits[0] + window - now))
+            raise ApiError(429, f"Too many requests: at most {limit} per {window:g} seconds.",
+                           {"Retry-After": str(retry_after)})
+        hits.append(now)
+
+    def _roll_fault(self, faults: Faults) -> SandboxResponse | None:
+        """Raise a drawn fault; return the "drop" answer; None when no fault was drawn."""
+        if faults is not self._faults_seen:  # new settings: restart their random sequence
+            self._faults_seen, self._fault_rng = faults, random.Random(faults.seed)
+        if not (faults.drop or faults.error_500 or faults.error_408 or faults.error_429):
+            return None
+        roll = self._fault_rng.random()
+        if (roll := roll - faults.drop) < 0:
+            return SandboxResponse(0, {}, b"")
+        if (roll := roll - faults.error_500) < 0:
+            raise ApiError(500, "Unexpected error (injected fault).")
+        if (roll := roll - faults.error_408) < 0:
+            raise ApiError(408, "Request timeout (injected fault).")
+        if roll - faults.error_429 < 0:
+            raise ApiError(429, "Too many requests (injected fault).",
+                           {"Retry-After": "1"} if faults.retry_after_header else None)
+        return None
+
+    # --- operations (callers hold the lock) -------------------------------------------------
+
+    def _visible_enterprises(self, payload: dict[str, Any], scope: Scope) -> Scope:
+        wanted = _string_set(payload, "EnterpriseIds")
+        # Ids outside the token's scope are ignored rather than refused (undocumented).
+        return scope if wanted is None else scope & wanted
+
+    def _visible_order(self, order_id: Any, scope: Scope) -> Order | None:
+        order = self._orders_by_id.get(order_id) if isinstance(order_id, str) else None
+        if order is None or self._services[order.ServiceId].EnterpriseId not in scope:
+            return None  # what a token cannot see does not exist for it
+        return order
+
+    def _visible_note(self, note_id: Any, scope: Scope) -> Note | None:
+        note = self._notes_by_id.get(note_id) if isinstance(note_id, str) else None
+        if note is None or note.deleted or not self._visible_order(note.OrderId, scope):
+            return None
+        return note
+
+    @staticmethod
+    def _cursor_seq(items: dict[str, Any], cursor: str | None) -> int | None:
+        """The cursor item is looked up among all items, not only the filtered ones, so
+        paging goes on where it was even if the cursor item changed meanwhile."""
+        if cursor is None:
+            return None
+        item = items.get(cursor)
+        if item is None:
+            raise _bad("Invalid Cursor.")
+        return item.seq
+
+    def _cached(self, key: Hashable, build: Callable[[], list[Any]]) -> list[Any]:
+        """Filter results by seq, kept until the next change: later pages cost O(page)."""
+        found = self._results.get(key)
+        if found is None:
+            found = self._results[key] = build()
+            if len(self._results) > RESULT_CACHE_SIZE:
+                self._results.popitem(last=False)
+        else:
+            self._results.move_to_end(key)
+        return found
+
+    def _inclusive(self) -> bool:
+        return self.config.interval_semantics == "inclusive"
+
+    def _get_orders(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        count, cursor = _limitation(payload)
+        service_ids = _string_set(payload, "ServiceIds", required=True)
+        assert service_ids is not None
+        enterprises = self._visible_enterprises(payload, scope)
+        services = frozenset(i for i in service_ids
+                             if i in self._services and self._services[i].EnterpriseId
+                             in enterprises)
+        order_ids = _string_set(payload, "ProductServiceOrderIds")
+        account_ids = _string_set(payload, "AccountIds")
+        reservation_ids = _string_set(payload, "LinkedReservationIds")
+        states = _string_set(payload, "States")
+        window = _interval(payload, "UpdatedUtc", required=self.config.updated_utc_required)
+        cursor_seq = self._cursor_seq(self._orders_by_id, cursor)
+        inclusive = self._inclusive()
+
+        def build() -> list[Order]:
+            candidates: Iterator[Order] | list[Order]
+            if order_ids is not None:
+                candidates = (o for i in order_ids if (o := self._orders_by_id.get(i)))
+            elif window is not None:
+                lo, hi = _slice_bounds(self._updated_keys, window, inclusive)
+                candidates = self._by_updated[lo:hi]
+            else:
+                candidates = self._orders
+            found = [o for o in candidates
+                     if o.ServiceId in services
+                     and (account_ids is None or o.AccountId in account_ids)
+                     and (reservation_ids is None or o.LinkedReservationId in reservation_ids)
+                     and (states is None or o.State in states)
+                     and (window is None or _within(o.UpdatedUtc, window, inclusive))]
+            found.sort(key=_seq)
+            return found
+
+        key = (GET_ORDERS, services, order_ids, account_ids, reservation_ids, states, window,
+               inclusive)
+        page = _page(self._cached(key, build), cursor_seq, count)
+        parts = []
+        for order in page:
+            if order.json is None:
+                order.json = _dumps(data.order_to_api(order))
+            parts.append(order.json)
+        return b"".join((b'{"ProductServiceOrders":[', b",".join(parts), b'],"Cursor":',
+                         _dumps(page[-1].Id if page else None), b"}"))
+
+    def _get_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        count, cursor = _limitation(payload)
+        order_ids = _string_set(payload, "ServiceOrderIds", required=True)
+        assert order_ids is not None
+        note_ids = _string_set(payload, "ServiceOrderNoteIds")
+        enterprises = self._visible_enterprises(payload, scope)
+        window = _interval(payload, "UpdatedUtc")
+        types = _string_set(payload, "Types") or DEFAULT_NOTE_TYPES
+        cursor_seq = self._cursor_seq(self._notes_by_id, cursor)
+        inclusive = self._inclusive()
+
+        def build() -> list[Note]:
+            found = [n for i in order_ids if self._visible_order(i, enterprises)
+                     for n in self._notes_by_order.get(i, ())
+                     if not n.deleted and n.Type in types
+                     and (note_ids is None or n.Id in note_ids)
+                     and (window is None or _within(n.UpdatedUtc, window, inclusive))]
+            found.sort(key=_seq)
+            return found
+
+        key = (GET_NOTES, order_ids, note_ids, enterprises, window, types, inclusive)
+        page = _page(self._cached(key, build), cursor_seq, count)
+        shape = self.config.note_shape
+        return _dumps({"ServiceOrderNotes": [data.note_to_api(n, shape) for n in page],
+                       "Cursor": page[-1].Id if page else None})
+
+    def _get_services(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        count, cursor = _limitation(payload)
+        service_ids = _string_set(payload, "ServiceIds")
+        enterprises = self._visible_enterprises(payload, scope)
+        window = _interval(payload, "UpdatedUtc")
+        cursor_seq = self._cursor_seq(self._services, cursor)
+        inclusive = self._inclusive()
+        found = [s for s in self._services.values()
+                 if s.EnterpriseId in enterprises
+                 and (service_ids is None or s.Id in service_ids)
+                 and (window is None or _within(s.UpdatedUtc, window, inclusive))]
+        page = _page(found, cursor_seq, count)
+        shape = self.config.service_shape
+        return _dumps({"Services": [data.service_to_api(s, shape) for s in page],
+                       "Cursor": page[-1].Id if page else None})
+
+    def _add_order(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        service_id = _optional_str(payload, "ServiceId")
+        if not service_id:
+            raise _bad("ServiceId is required.")
+        service = self._services.get(service_id)
+        if service is None or service.EnterpriseId not in scope:
+            raise _bad(f"Invalid ServiceId {service_id!r}.")
+        enterprise_id = _optional_str(payload, "EnterpriseId")
+        if len(scope) > 1:  # "required with a Portfolio Access Token, ignored otherwise"
+            if not enterprise_id:
+                raise _bad("EnterpriseId is required with a portfolio access token.")
+            if enterprise_id != service.EnterpriseId:
+                raise _bad("ServiceId does not belong to EnterpriseId.")
+        if service.bookable:
+            raise ApiError(403, f"Service {service.Name!r} is bookable: it takes reservations.")
+        if not service.IsActive:  # a business rule, as for bookable services (undocumented)
+            raise ApiError(403, f"Service {service.Name!r} is not active.")
+        account_id = _optional_str(payload, "AccountId") or _optional_str(payload, "CustomerId")
+        if not account_id:
+            raise _bad("AccountId (or the deprecated CustomerId) is required.")
+        for i, product in enumerate(_items(payload, "ProductOrders", required=False)):
+            if not isinstance(product.get("ProductId"), str):
+                raise _bad(f"ProductOrders[{i}].ProductId is required.")
+        for i, item in enumerate(_items(payload, "Items", required=False)):
+            if (not isinstance(item.get("Name"), str) or type(item.get("UnitCount")) is not int
+                    or not isinstance(item.get("UnitAmount"), dict)):
+                raise _bad(f"Items[{i}] needs Name, UnitCount (integer) and UnitAmount.")
+        if payload.get("ConsumptionUtc") is not None:
+            _parse_utc(payload["ConsumptionUtc"], "ConsumptionUtc")
+        notes = _optional_str(payload, "Notes")
+        fields = {"AccountId": account_id,
+                  "BusinessSegmentId": _optional_str(payload, "BusinessSegmentId"),
+                  "LinkedReservationId": _optional_str(payload, "LinkedReservationId")}
+        ts = self._ts(None)
+        order = self._new_order(service.Id, ts, fields)
+        if notes:
+            self._new_note(order, notes, "General", ts)
+        return _dumps({"OrderId": order.Id, "ChargeId": data.new_id(self._rng)})
+
+    def _notes_answer(self, notes: list[Note]) -> bytes:
+        shape = self.config.note_shape
+        return _dumps({"ServiceOrderNotes": [data.note_to_api(n, shape) for n in notes]})
+
+    def _add_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        additions = []
+        for i, item in enumerate(_items(payload, "ServiceOrderNotes", required=True)):
+            order = self._visible_order(item.get("ServiceOrderId"), scope)
+            if order is None:
+                raise _bad(f"ServiceOrderNotes[{i}].ServiceOrderId is not a known order.")
+            additions.append((order, _text(item.get("Text"), f"ServiceOrderNotes[{i}].Text")))
+        ts = self._ts(None)  # validate everything first: a request applies wholly or not at all
+        return self._notes_answer([self._new_note(order, text, "General", ts)
+                                   for order, text in additions])
+
+    def _update_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        updates = []
+        for i, item in enumerate(_items(payload, "ServiceOrderNoteUpdates", required=True)):
+            # The seed's sample sends {"Id", "Text": {"Value"}}; its table, {"ServiceOrderNoteId",
+            # "Text": "..."}. Both are taken.
+            note = self._visible_note(item.get("Id") or item.get("ServiceOrderNoteId"), scope)
+            if note is None:
+                raise _bad(f"ServiceOrderNoteUpdates[{i}]: unknown service order note.")
+            text = item.get("Text")
+            if isinstance(text, dict):
+                text = text.get("Value")
+            updates.append((note, _text(text, f"ServiceOrderNoteUpdates[{i}].Text")))
+        ts = self._ts(None)
+        for note, text in updates:
+            self._edit_note(note, text, ts)
+        return self._notes_answer([note for note, _ in updates])
+
+    def _delete_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        note_ids = _string_set(payload, "ServiceOrderNoteIds", required=True)
+        assert note_ids is not None
+        notes = []
+        for note_id in sorted(note_ids):
+            note = self._visible_note(note_id, scope)
+            if note is None:
+                raise _bad(f"ServiceOrderNoteIds: unknown service order note {note_id!r}.")
+            notes.append(note)
+        ts = self._ts(None)
+        for note in notes:
+            self._delete_note(note, ts)
+        return b"{}"
+
+    # --- transports -----------------------------------------------------------------------
+    # (imported here: the server module imports this one)
+
+    def transport(self) -> "httpx.BaseTransport":
+        """In-process transport: httpx.Client(transport=sb.transport(), base_url="http://x")."""
+        from mews_sandbox.server import SandboxTransport
+
+        return SandboxTransport(self)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
+        """A real HTTP server in a background thread: `with sb.serve() as base_url: ...`."""
+        from mews_sandbox.server import serve
+
+        return serve(self, host, port)
+
+    def serve_forever(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        from mews_sandbox.server import serve_forever
+
+        serve_forever(self, host, port)
+
+
+def _default_anchor() -> datetime:
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:  # includes UnicodeDecodeError
+        raise _bad("The request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise _bad("The request body must be a JSON object.")
+    return payload
+
+
+def _text_or_raise(text: str) -> str:
+    if not isinstance(text, str) or not text:
+        raise ValueError("a note text needs at least 1 character")
+    return text

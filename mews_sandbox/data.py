@@ -1,0 +1,324 @@
+"""The sandbox's records, their API shapes, and deterministic generation of a data set.
+
+Timestamps are stored as whole epoch seconds (int): the API shows whole seconds, so what a
+client sees is exactly what the filters compare, and ints keep a million orders cheap.
+"""
+
+import calendar
+import gc
+import random
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+NoteShape = Literal["seed", "current"]
+ServiceShape = Literal["current", "legacy"]
+
+DAY = 86_400
+ORDER_STATES = ("Processed", "Confirmed", "Canceled", "Inquired", "Started", "Optional",
+                "Requested", "Enquired")  # "Enquired": the older spelling, still in old data
+ORDER_STATE_WEIGHTS = (45, 20, 12, 6, 5, 5, 4, 3)
+ORIGINS = ("Distributor", "ChannelManager", "Commander", "Import", "Connector", "Navigator")
+ORIGIN_WEIGHTS = (30, 25, 25, 2, 10, 8)
+COMMANDER_ORIGINS = ("InPerson", "Channel", "Phone", "Email", "Website", "Message", "CallCenter")
+CHANNELS = ("Booking.com", "Expedia", "Airbnb", "Hotelbeds")
+ADDITIONAL_SERVICES = ("Breakfast", "Parking", "Spa", "Airport transfer", "City tour",
+                       "Late checkout", "Minibar")
+ENTERPRISE_NAMES = ("Hotel Aurora Prague", "Harbour View Lisbon", "Alpine Lodge Innsbruck")
+NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
+NOTE_TYPE_WEIGHTS = (80, 15, 5)
+NOTE_TEXTS = {
+    "General": ("Shaken, not stirred.", "Guest allergic to nuts.", "Late arrival, around 23:00.",
+                "Invoice to the company, please.", "Pick-up at terminal 2.", "VIP guest.",
+                "Birthday: add a card.", "Příjezd po půlnoci, klíč na recepci.",
+                'Quote "as agreed" \\ backslash test ✓'),
+    "ChannelManager": ("Booked via Booking.com, prepaid.", "Expedia Collect booking.",
+                       "Virtual card will be charged on arrival."),
+    "SpecialRequest": ("Extra pillows please.", "Quiet table by the window.",
+                       "Gluten-free breakfast."),
+}
+
+
+@dataclass(slots=True)
+class Enterprise:
+    Id: str
+    Name: str
+
+
+# Attributes carry the API's names so that updates given in API names need no mapping table.
+@dataclass(slots=True, eq=False)
+class Service:
+    seq: int
+    Id: str
+    EnterpriseId: str
+    Name: str
+    bookable: bool
+    IsActive: bool
+    CreatedUtc: int
+    UpdatedUtc: int
+
+
+@dataclass(slots=True, eq=False)
+class Order:
+    seq: int  # hidden creation sequence: the order pages follow (higher = newer)
+    Id: str
+    ServiceId: str
+    AccountId: str
+    AccountType: str
+    CreatorProfileId: str
+    UpdaterProfileId: str
+    BookerId: str | None
+    Number: str
+    State: str
+    Origin: str
+    CommanderOrigin: str | None
+    OriginDetails: str | None
+    CreatedUtc: int
+    UpdatedUtc: int
+    CancelledUtc: int | None
+    VoucherId: str | None
+    BusinessSegmentId: str | None
+    LinkedReservationId: str | None
+    Options: dict[str, bool]  # shared between orders: replace it, never mutate it
+    json: bytes | None = None  # cached serialization; reset on every change
+
+
+ORDER_FIELDS = tuple(f for f in Order.__dataclass_fields__ if f[0].isupper())
+TIMESTAMP_FIELDS = frozenset({"CreatedUtc", "UpdatedUtc", "CancelledUtc"})
+OPTION_NAMES = ("OwnerCheckedIn", "AllCompanionsCheckedIn", "AnyCompanionCheckedIn",
+                "ConnectorCheckIn")
+
+
+@dataclass(slots=True, eq=False)
+class Note:
+    seq: int
+    Id: str
+    OrderId: str
+    Text: str
+    Type: str
+    CreatedUtc: int
+    UpdatedUtc: int
+    deleted: bool = False  # kept as a tombstone so a cursor pointing at it stays valid
+
+
+@dataclass
+class Dataset:
+    enterprises: list[Enterprise] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+def fmt_ts(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_ts(value: datetime | str | int | None) -> int | None:
+    """Whole epoch seconds from an aware datetime, an ISO 8601 string or an int."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp must be timezone-aware: {value!r}")
+    return int(value.timestamp() // 1)
+
+
+def add_months(dt: datetime, months: int) -> datetime:
+    """Calendar-month addition that clamps the day (2023-01-31 + 1 month = 2023-02-28)."""
+    year, month0 = divmod(dt.month - 1 + months, 12)
+    year += dt.year
+    day = min(dt.day, calendar.monthrange(year, month0 + 1)[1])
+    return dt.replace(year=year, month=month0 + 1, day=day)
+
+
+def order_to_api(order: Order) -> dict[str, Any]:
+    api: dict[str, Any] = {name: getattr(order, name) for name in ORDER_FIELDS}
+    for name in TIMESTAMP_FIELDS:
+        api[name] = fmt_ts(api[name])
+    api["Options"] = dict(order.Options)
+    return api
+
+
+def note_to_api(note: Note, shape: NoteShape) -> dict[str, Any]:
+    if shape == "seed":
+        return {"Id": note.Id, "ServiceOrderId": note.OrderId, "Text": note.Text,
+                "Type": note.Type, "CreatedUtc": fmt_ts(note.CreatedUtc)}
+    return {"Id": note.Id, "OrderId": note.OrderId, "Text": note.Text, "Type": note.Type,
+            "CreatedUtc": fmt_ts(note.CreatedUtc), "UpdatedUtc": fmt_ts(note.UpdatedUtc)}
+
+
+def service_to_api(service: Service, shape: ServiceShape) -> dict[str, Any]:
+    api: dict[str, Any] = {
+        "Id": service.Id,
+        "EnterpriseId": service.EnterpriseId,
+        "IsActive": service.IsActive,
+        "Name": service.Name,
+        "Names": {"en-US": service.Name},
+        "CreatedUtc": fmt_ts(service.CreatedUtc),
+        "UpdatedUtc": fmt_ts(service.UpdatedUtc),
+    }
+    if shape == "legacy":
+        api["Type"] = "Reservable" if service.bookable else "Orderable"
+    elif service.bookable:
+        api["Data"] = {"Discriminator": "Bookable", "Value": {
+            "StartOffset": "P0M0DT14H0M0S", "EndOffset": "P0M0DT12H0M0S",
+            "OccupancyStartOffset": "P0M0DT14H0M0S", "OccupancyEndOffset": "P0M0DT12H0M0S",
+            "TimeUnitPeriod": "Day"}}
+    else:
+        api["Data"] = {"Discriminator": "Additional", "Value": {"Promotions": {
+            "BeforeCheckIn": False, "AfterCheckIn": True, "DuringStay": True,
+            "BeforeCheckOut": False, "AfterCheckOut": False, "DuringCheckOut": False}}}
+    return api
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_id(rng: random.Random) -> str:
+    """A version-4 UUID string from `rng` (3x faster than uuid.UUID: it matters at 2.5M ids)."""
+    h = rng.randbytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def _month_starts(start: int, end: int) -> tuple[list[int], list[int]]:
+    """Epoch seconds of every first-of-month (and first-of-quarter) in [start, end]."""
+    months: list[int] = []
+    dt = datetime.fromtimestamp(start, UTC).replace(day=1, hour=0, minute=0, second=0)
+    while (ts := int(dt.timestamp())) <= end:
+        if ts >= start:
+            months.append(ts)
+        dt = add_months(dt, 1)
+    quarters = [ts for ts in months if datetime.fromtimestamp(ts, UTC).month % 3 == 1]
+    return months, quarters
+
+
+def _next_boundary(boundaries: list[int], after: int, skip: int) -> int | None:
+    i = bisect_right(boundaries, after) + skip
+    return boundaries[i] if i < len(boundaries) else None
+
+
+def generate(orders: int, seed: int, now: datetime) -> Dataset:
+    """Same (orders, seed, now) -> identical data. Nothing is later than `now`."""
+    # Millions of small objects and no cycles: the cyclic GC would only rescan them, over and
+    # over (a quarter of the run time at a million orders).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _generate(orders, seed, now)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _generate(orders: int, seed: int, now: datetime) -> Dataset:
+    rng = random.Random(seed)
+    anchor = to_ts(now)
+    assert anchor is not None
+    start = anchor - 4 * 365 * DAY
+    data = Dataset()
+
+    for name in ENTERPRISE_NAMES:
+        data.enterprises.append(Enterprise(new_id(rng), name))
+    additional: list[Service] = []
+    for enterprise in data.enterprises:
+        names = ["Accommodation", *rng.sample(ADDITIONAL_SERVICES, 5)]
+        for i, name in enumerate(names):
+            created = start - rng.randrange(365 * DAY)
+            service = Service(
+                seq=len(data.services), Id=new_id(rng), EnterpriseId=enterprise.Id, Name=name,
+                bookable=i == 0, IsActive=i != len(names) - 1,  # the last one was retired
+                CreatedUtc=created, UpdatedUtc=created + rng.randrange(anchor - created))
+            data.services.append(service)
+            if not service.bookable:
+                additional.append(service)
+
+    accounts = [new_id(rng) for _ in range(max(20, orders // 3))]
+    reservations = [new_id(rng) for _ in range(max(10, orders // 4))]
+    profiles = [new_id(rng) for _ in range(12)]
+    vouchers = [new_id(rng) for _ in range(30)]
+    segments = [new_id(rng) for _ in range(5)]
+    months, quarters = _month_starts(start, anchor)
+    options_pool: dict[tuple[bool, ...], dict[str, bool]] = {}
+    rand = rng.random
+
+    def pick(items: list[str] | tuple[str, ...]) -> str:
+        # rng.choice() costs ~10x more, which shows at a million orders
+        return items[int(rand() * len(items))]
+
+    enterprise_weight = dict(zip((e.Id for e in data.enterprises), (5, 3, 2), strict=True))
+    service_weights = [enterprise_weight[s.EnterpriseId] * (1 if s.IsActive else 0.3)
+                       for s in additional]
+    services = rng.choices([s.Id for s in additional], service_weights, k=orders)
+    states = rng.choices(ORDER_STATES, ORDER_STATE_WEIGHTS, k=orders)
+    origins = rng.choices(ORIGINS, ORIGIN_WEIGHTS, k=orders)
+    # Creation sequence follows CreatedUtc, except imports, which carry an earlier CreatedUtc.
+    created_times = sorted(start + int(rand() * (anchor - start)) for _ in range(orders))
+    # The newest orders have no booker, cancellation, link, voucher or segment yet, so a
+    # client cannot learn those columns' types from its first pages.
+    quiet_from = orders - min(2000, orders // 5)
+
+    for seq in range(orders):
+        created, state, origin = created_times[seq], states[seq], origins[seq]
+        quiet = seq >= quiet_from
+        if origin == "Import":
+            created -= int(rand() * 60 * DAY)
+        if quiet and state == "Canceled":
+            state = "Confirmed"
+        roll = rand()
+        if roll < 0.35:
+            updated = created
+        elif roll < 0.97:
+            updated = min(anchor, created + int(rng.expovariate(1 / (3 * DAY))))
+        else:  # batch jobs at midnight on the 1st: many identical UpdatedUtc at window edges
+            boundaries = quarters if roll < 0.985 else months
+            updated = _next_boundary(boundaries, created, int(rand() * 3)) or created
+        checked_in = state in ("Started", "Processed")
+        flags = (checked_in and rand() < 0.9, checked_in and rand() < 0.6,
+                 checked_in and rand() < 0.7, checked_in and rand() < 0.05)
+        options = options_pool.setdefault(flags, dict(zip(OPTION_NAMES, flags, strict=True)))
+        creator = pick(profiles)
+        data.orders.append(Order(
+            seq=seq,
+            Id=new_id(rng),
+            ServiceId=services[seq],
+            AccountId=pick(accounts),
+            AccountType="Company" if rand() < 0.1 else "Customer",
+            CreatorProfileId=creator,
+            UpdaterProfileId=creator if updated == created else pick(profiles),
+            BookerId=None if quiet or rand() >= 0.3 else pick(accounts),
+            Number=str(seq + 1),
+            State=state,
+            Origin=origin,
+            CommanderOrigin=pick(COMMANDER_ORIGINS) if origin == "Commander" else None,
+            OriginDetails=pick(CHANNELS) if origin == "ChannelManager" else None,
+            CreatedUtc=created,
+            UpdatedUtc=updated,
+            CancelledUtc=updated if state == "Canceled" else None,
+            VoucherId=None if quiet or rand() >= 0.03 else pick(vouchers),
+            BusinessSegmentId=None if quiet or rand() >= 0.4 else pick(segments),
+            LinkedReservationId=None if quiet or rand() >= 0.25 else pick(reservations),
+            Options=options,
+        ))
+
+    note_counts = rng.choices(range(6), (30, 25, 20, 12, 8, 5), k=orders)
+    if orders >= 5000:  # a few orders whose notes alone need more than one page
+        for i in rng.sample(range(orders), 3):
+            note_counts[i] = 1001 + int(rand() * 1500)
+    note_types = iter(rng.choices(NOTE_TYPES, NOTE_TYPE_WEIGHTS, k=sum(note_counts)))
+    for order, count in zip(data.orders, note_counts, strict=True):
+        # Notes fall between the order's creation and its last update, which is consistent
+        # with a note change bumping the order.
+        for _ in range(count):
+            note_type = next(note_types)
+            created = order.CreatedUtc + int(rand() * (order.UpdatedUtc - order.CreatedUtc + 1))
+            edited = rand() < 0.1
+            data.notes.append(Note(
+                seq=len(data.notes), Id=new_id(rng), OrderId=order.Id,
+                Text=pick(NOTE_TEXTS[note_type]), Type=note_type, CreatedUtc=created,
+                UpdatedUtc=created + int(rand() * (order.UpdatedUtc - created + 1)) if edited
+                else created))
+    return data
