@@ -121,22 +121,21 @@ def with_keys_required(table: pa.Table) -> pa.Table:
 
 def _values(items: Sequence[dict[str, Any]], paths: tuple[tuple[str, ...], ...]) -> list[Any]:
     first, *alternatives = paths
-    values = [_get(item, first) for item in items]
+    values = _get_all(items, first)
     for path in alternatives:
         if any(v is None for v in values):
-            values = [
-                _get(item, path) if v is None else v for v, item in zip(values, items, strict=True)
-            ]
+            found = _get_all(items, path)
+            values = [f if v is None else v for v, f in zip(values, found, strict=True)]
     return values
 
 
-def _get(item: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = item
+def _get_all(items: Sequence[Any], path: tuple[str, ...]) -> list[Any]:
+    """The value at `path` in every item (None where absent); a comprehension per level,
+    since this runs for every column of every page."""
+    values: list[Any] = list(items)
     for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
+        values = [v.get(key) if isinstance(v, dict) else None for v in values]
+    return values
 
 
 def _unknown_fields(
@@ -156,7 +155,7 @@ def _unknown_fields(
         ):
             children = set().union(*(v.keys() for v in values if isinstance(v, dict)))
             for child in children - {path[1] for path in known if path[0] == key}:
-                found[(key, child)] = [_get(v, (child,)) for v in values]
+                found[(key, child)] = _get_all(values, (child,))
         else:
             found[(key,)] = values
     return found
