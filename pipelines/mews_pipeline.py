@@ -15,11 +15,11 @@ import dlt
 import duckdb
 
 from sources.mews import mews_source
-from sources.mews.client import ClientStats, MewsError
+from sources.mews.client import ClientStats, MewsConfigError, MewsError
 
 PIPELINE_NAME = "mews_sync"
 DATASET_NAME = "mews"
-DEFAULT_DUCKDB_FILE = "mews.duckdb"
+DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 TABLES = ("product_service_orders", "service_order_notes", "services")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -102,6 +102,12 @@ def sync(
 ) -> RunReport:
     """Run the source into DuckDB once (`kind` is "run" or "backfill") and apply sql/ views."""
     database = database or duckdb_file()
+    if Path(database).stem == DATASET_NAME:
+        # DuckDB names the catalog after the file; one equal to the dataset confuses its binder.
+        raise MewsConfigError(
+            f"Name the DuckDB file something other than {Path(database).name}, "
+            "e.g. mews_sync.duckdb (DESTINATION__DUCKDB__CREDENTIALS)."
+        )
     report = RunReport(kind=kind, duckdb_file=database)
     started = time.monotonic()
     with exclusive(database):

@@ -87,9 +87,7 @@ def test_chunked_batches_of_at_most_1000():
     assert [len(b) for b in batches] == [1000, 1000, 501]
 
 
-@pytest.mark.parametrize(
-    "value", ["yesterday", "2024-13-01", "", "01/02/2024"]
-)
+@pytest.mark.parametrize("value", ["yesterday", "2024-13-01", "", "01/02/2024"])
 def test_parse_utc_refuses_what_is_not_a_date(value):
     with pytest.raises(MewsConfigError, match="ISO 8601"):
         parse_utc(value, "SOURCES__MEWS__START_DATE")

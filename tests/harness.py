@@ -1,0 +1,114 @@
+"""Helpers shared by the end-to-end tests: sync a sandbox, read DuckDB, read the truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mews_sandbox import DEMO_ACCESS_TOKEN, Sandbox
+from pipelines.mews_pipeline import RunReport, sync
+from sources.mews.settings import DEFAULT_NOTE_TYPES
+
+START_DATE = "2015-01-01"
+
+
+class Target:
+    """One DuckDB file and one dlt working directory, synced from one sandbox."""
+
+    def __init__(self, sandbox: Sandbox, tmp: Path, **source_args: Any):
+        self.sandbox = sandbox
+        self.database = str(tmp / "mews_sync.duckdb")
+        self.workdir = tmp / "dlt"
+        self.source_args = source_args
+
+    def sync(self, kind: str = "run", **overrides: Any) -> RunReport:
+        args = {
+            "platform_url": "http://sandbox.local",
+            "client_token": self.sandbox.client_token,
+            "access_token": DEMO_ACCESS_TOKEN,
+            "transport": self.sandbox.transport(),
+            "start_date": START_DATE,
+            "rate_limit_requests": 0,
+            **self.source_args,
+            **overrides,
+        }
+        before = self.sandbox.log.count(status=400)
+        report = sync(kind, database=self.database, pipelines_dir=str(self.workdir), **args)
+        assert self.sandbox.log.count(status=400) == before, (
+            "the pipeline sent a request Mews rejects"
+        )
+        return report
+
+    def rows(self, sql: str) -> list[tuple]:
+        with duckdb.connect(self.database, read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+    def orders(self) -> list[tuple]:
+        return sorted(
+            self.rows(
+                "select id, service_id, state, number, updated_utc from mews.product_service_orders"
+            )
+        )
+
+    def notes(self) -> list[tuple]:
+        return sorted(
+            self.rows("select id, service_order_id, text, type from mews.service_order_notes")
+        )
+
+    def state(self) -> dict[str, Any]:
+        """The incremental state as stored in the DuckDB file."""
+        import base64
+        import json
+        import zlib
+
+        (blob,) = self.rows(
+            "select state from mews._dlt_pipeline_state order by created_at desc limit 1"
+        )[0]
+        try:
+            return json.loads(blob)
+        except ValueError:
+            return json.loads(zlib.decompress(base64.b64decode(blob)))
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def truth_orders(sandbox: Sandbox, service_ids: set[str] | None = None) -> list[tuple]:
+    service_ids = service_ids or product_service_ids(sandbox)
+    return sorted(
+        (o["Id"], o["ServiceId"], o["State"], o.get("Number"), utc(o["UpdatedUtc"]))
+        for o in sandbox.orders()
+        if o["ServiceId"] in service_ids
+    )
+
+
+def truth_notes(sandbox: Sandbox, order_ids: set[str] | None = None) -> list[tuple]:
+    if order_ids is None:
+        order_ids = {o[0] for o in truth_orders(sandbox)}
+    return sorted(
+        (n["Id"], n.get("ServiceOrderId") or n.get("OrderId"), n["Text"], n["Type"])
+        for n in sandbox.notes(types=list(DEFAULT_NOTE_TYPES))
+        if (n.get("ServiceOrderId") or n.get("OrderId")) in order_ids
+    )
+
+
+def product_service_ids(sandbox: Sandbox) -> set[str]:
+    return {
+        s["Id"]
+        for s in sandbox.services()
+        if (s.get("Data") or {}).get("Discriminator") == "Additional"
+        or s.get("Type") == "Orderable"
+    }
+
+
+def assert_equals_truth(target: Target) -> None:
+    orders, expected_orders = target.orders(), truth_orders(target.sandbox)
+    assert len(orders) == len({o[0] for o in orders}), "duplicate orders"
+    assert orders == expected_orders
+    notes, expected_notes = target.notes(), truth_notes(target.sandbox)
+    assert len(notes) == len({n[0] for n in notes}), "duplicate notes"
+    assert notes == expected_notes

@@ -1,0 +1,211 @@
+"""End-to-end: the pipeline against the in-process sandbox, compared with the sandbox's truth."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from harness import Target, assert_equals_truth, product_service_ids, truth_orders
+
+from mews_sandbox import Sandbox
+
+ORDERS = "productServiceOrders/getAll"
+NOTES = "serviceOrderNotes/getAll"
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    sandbox = Sandbox.generate(orders=3000, seed=11)
+    # Changes are stamped a little in the past, as a commit that lands late would be; this
+    # also keeps a change from sharing its second with the end of the run before it.
+    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
+    return sandbox
+
+
+def watermarks(target: Target) -> dict[str, str]:
+    state = target.state()
+    return state["sources"]["mews"]["resources"]["product_service_orders"]["watermarks"]
+
+
+def test_first_sync_equals_the_truth_and_names_the_services(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    report = target.sync()
+
+    assert_equals_truth(target)
+    services = target.rows("select id, discriminator from mews.services")
+    assert {s for s, _ in services} == product_service_ids(sandbox)
+    assert {d for _, d in services} == {"Additional"}
+    assert report.rows["product_service_orders"] == len(truth_orders(sandbox))
+    assert report.stats.requests[NOTES] >= 1
+
+
+def test_a_rerun_after_changes_equals_the_truth_with_far_fewer_requests(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    first_run_requests = sandbox.log.count()
+    sandbox.log.clear()
+
+    orders = sorted(truth_orders(sandbox))
+    with_notes: dict[str, list[str]] = {}
+    for note in sandbox.notes(types=["General", "ChannelManager", "SpecialRequest"]):
+        order_id = note.get("ServiceOrderId") or note.get("OrderId")
+        with_notes.setdefault(order_id, []).append(note["Id"])
+    noted = sorted(o for o, ids in with_notes.items() if len(ids) >= 2 and len(ids) < 50)
+    sandbox.update_order(orders[0][0], State="Canceled")
+    sandbox.add_order(orders[1][1])
+    sandbox.add_note(orders[2][0], "Late checkout, please")
+    sandbox.update_note(with_notes[noted[0]][0], "Edited text")
+    sandbox.delete_note(with_notes[noted[1]][0])
+    for note_id in with_notes[noted[2]]:  # an order whose notes are all deleted
+        sandbox.delete_note(note_id)
+
+    target.sync()
+
+    assert_equals_truth(target)
+    assert sandbox.log.count() * 5 < first_run_requests
+    assert sandbox.log.count(operation=NOTES) >= 1
+
+
+def test_a_rerun_without_changes_changes_nothing_and_reads_one_page(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    orders, notes = target.orders(), target.notes()
+    sandbox.log.clear()
+
+    report = target.sync()
+
+    assert (target.orders(), target.notes()) == (orders, notes)
+    assert report.stats.requests[ORDERS] == 1  # one window since the watermark
+    recent = [o for o in truth_orders(sandbox) if o[4] > datetime.now(UTC) - timedelta(minutes=10)]
+    if not recent:  # only orders inside the overlap would be re-read
+        assert report.stats.requests[NOTES] == 0
+
+
+def test_backfill_reloads_the_range_and_leaves_the_state_alone(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    before = watermarks(target)
+    order_id, _, _, _, updated = truth_orders(sandbox)[len(truth_orders(sandbox)) // 2]
+    # A change the incremental run cannot see: UpdatedUtc stays where it was.
+    sandbox.update_order(order_id, at=updated, State="Processed")
+
+    target.sync(
+        "backfill",
+        backfill_start=(updated - timedelta(days=1)).isoformat(),
+        backfill_end=(updated + timedelta(days=1)).isoformat(),
+    )
+
+    assert target.rows(
+        f"select state from mews.product_service_orders where id = '{order_id}'"
+    ) == [("Processed",)]
+    assert watermarks(target) == before
+    assert_equals_truth(target)
+
+
+def test_state_is_restored_from_duckdb_when_the_working_directory_is_gone(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    shutil.rmtree(target.workdir)
+    order_id = truth_orders(sandbox)[0][0]
+    sandbox.update_order(order_id, State="Canceled")
+    sandbox.log.clear()
+
+    report = target.sync()
+
+    assert report.stats.requests[ORDERS] == 1  # still incremental
+    assert_equals_truth(target)
+
+
+@pytest.mark.parametrize("semantics", ["half_open", "inclusive"])
+def test_ties_at_window_edges_load_once_under_both_interval_semantics(sandbox, tmp_path, semantics):
+    sandbox.config.interval_semantics = semantics
+    updated = [o[4] for o in truth_orders(sandbox)]
+    edges = sorted(
+        {
+            u
+            for u in updated
+            if u.day == 1 and u.month in (1, 4, 7, 10) and u.time() == datetime.min.time()
+        }
+    )
+    tied = [e for e in edges if updated.count(e) > 1]
+    assert tied, "the sandbox should generate ties at quarter boundaries"
+    target = Target(sandbox, tmp_path)
+
+    # The first run ends exactly on a tie; the next one starts just before it.
+    target.sync(end_date=tied[-1].isoformat())
+    target.sync()
+
+    assert_equals_truth(target)
+
+
+def test_a_late_commit_inside_the_overlap_is_not_lost(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    first_end = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    target.sync(end_date=first_end.isoformat())
+    order_id = truth_orders(sandbox)[0][0]
+    # Committed after the first run, but stamped 2 minutes before its end.
+    sandbox.update_order(order_id, at=first_end - timedelta(minutes=2), State="Optional")
+
+    target.sync()
+
+    assert target.rows(
+        f"select state from mews.product_service_orders where id = '{order_id}'"
+    ) == [("Optional",)]
+    assert_equals_truth(target)
+
+
+def test_discovery_reads_legacy_service_types_too(sandbox, tmp_path):
+    sandbox.config.service_shape = "legacy"
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    assert_equals_truth(target)
+    assert {d for (d,) in target.rows("select discriminator from mews.services")} == {"Additional"}
+
+
+def test_configured_services_only_and_a_new_one_gets_its_whole_history(sandbox, tmp_path):
+    first, second, *_ = sorted(product_service_ids(sandbox))
+    target = Target(sandbox, tmp_path)
+    target.sync(service_ids=[first])
+    assert {
+        s for (s,) in target.rows("select distinct service_id from mews.product_service_orders")
+    } == {first}
+
+    target.sync(service_ids=[first, second])
+
+    loaded = [o for o in target.orders() if o[1] in (first, second)]
+    assert loaded == truth_orders(sandbox, {first, second})
+
+
+def test_notes_named_order_id_with_updated_utc_load_the_same(sandbox, tmp_path):
+    sandbox.config.note_shape = "current"
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    assert_equals_truth(target)
+    assert target.rows("select count(updated_utc) from mews.service_order_notes")[0][0] > 0
+
+
+def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
+    order_id = truth_orders(sandbox)[0][0]
+    sandbox.update_order(order_id, State="Waitlisted", LoyaltyTier="Gold")
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    assert target.rows(
+        f"select state, loyalty_tier from mews.product_service_orders where id = '{order_id}'"
+    ) == [("Waitlisted", "Gold")]
+    assert_equals_truth(target)
+
+
+def test_timestamps_and_booleans_are_typed(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    types = dict(
+        target.rows(
+            "select column_name, data_type from information_schema.columns "
+            "where table_schema = 'mews' and table_name = 'product_service_orders'"
+        )
+    )
+    for name in ("created_utc", "updated_utc", "cancelled_utc"):
+        assert types[name].startswith("TIMESTAMP"), name
+    for name in ("options__owner_checked_in", "options__connector_check_in"):
+        assert types[name] == "BOOLEAN", name
