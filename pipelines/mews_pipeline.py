@@ -14,7 +14,7 @@ from typing import Any
 import dlt
 import duckdb
 
-from sources.mews import mews_source
+from sources.mews import SourceStats, mews_source
 from sources.mews.client import ClientStats, MewsConfigError, MewsError
 
 PIPELINE_NAME = "mews_sync"
@@ -39,17 +39,21 @@ class RunReport:
     kind: str
     duckdb_file: str
     seconds: float = 0.0
-    rows: dict[str, int] = field(default_factory=dict)  # rows loaded per table
     stats: ClientStats = field(default_factory=ClientStats)
+    read: SourceStats = field(default_factory=SourceStats)
+    table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
 
     def summary(self) -> str:
         requests = sum(self.stats.requests.values())
         per_op = ", ".join(f"{op} {n}" for op, n in sorted(self.stats.requests.items()))
-        rows = ", ".join(f"{t} {self.rows.get(t, 0)}" for t in TABLES)
+        tables = ", ".join(f"{t} {n}" for t, n in self.table_rows.items())
+        read = self.read
         return "\n".join(
             [
                 f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.duckdb_file}",
-                f"  rows loaded: {rows}",
+                f"  read: {read.orders} orders in {read.order_pages} pages over {read.windows} "
+                f"windows, {read.notes} notes ({read.orders_without_notes} orders without notes)",
+                f"  rows per table now: {tables or 'none'}",
                 f"  requests: {requests} ({per_op or 'none'})",
                 f"  retries: {self.stats.retries}, rate-limited (429): {self.stats.throttled}, "
                 f"too heavy (408): {self.stats.heavy}, "
@@ -111,15 +115,12 @@ def sync(
     report = RunReport(kind=kind, duckdb_file=database)
     started = time.monotonic()
     with exclusive(database):
-        source = mews_source(stats=report.stats, **source_args)
+        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
         pipeline = build_pipeline(database, pipeline_name, pipelines_dir)
         pipeline.run(source)
-        normalize = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
-        if normalize:
-            report.rows = {t: n for t, n in normalize.row_counts.items() if t in TABLES}
         apply_sql_models(database)
+        report.table_rows = table_counts(database)
     report.seconds = time.monotonic() - started
-    log.info(report.summary())
     return report
 
 

@@ -7,7 +7,9 @@ notes of every page of orders it got; `services` names the services the orders b
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -38,7 +40,25 @@ from .tables import (
     to_table,
 )
 
-__all__ = ["mews_source", "walk_windows", "parse_utc"]
+__all__ = ["SourceStats", "mews_source", "walk_windows", "parse_utc"]
+
+
+@dataclass
+class SourceStats:
+    """What the source read in one run, for the run summary."""
+
+    windows: int = 0
+    order_pages: int = 0
+    orders: int = 0
+    notes: int = 0
+    orders_without_notes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **amounts: int) -> None:
+        """Add to counters; the notes transformer calls this from worker threads."""
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
 
 
 @dlt.source(name="mews", max_table_nesting=0)
@@ -59,6 +79,7 @@ def mews_source(
     end_date: str | None = None,
     transport: Any = None,
     stats: ClientStats | None = None,
+    source_stats: SourceStats | None = None,
 ) -> Sequence[DltResource]:
     """Mews product service orders, their notes and their services.
 
@@ -66,7 +87,7 @@ def mews_source(
     `services/getAll` lists is synced. With `backfill_start`/`backfill_end`, exactly that
     UpdatedUtc range is reloaded and the incremental state is left as it was. `end_date`
     (default: now) ends the sync; `transport` lets tests mount the sandbox in-process;
-    `stats` collects what the API client did.
+    `stats` and `source_stats` collect what the API client and the source did.
     """
     now = datetime.now(UTC).replace(microsecond=0)
     end = parse_utc(end_date, "end_date") if end_date else now
@@ -84,6 +105,7 @@ def mews_source(
             raise MewsConfigError("The backfill --start must be before its --end.")
     overlap = timedelta(minutes=float(overlap_minutes))
     types = list(DEFAULT_NOTE_TYPES if note_types is None else note_types)
+    counts = source_stats if source_stats is not None else SourceStats()
 
     api = MewsClient(
         platform_url,
@@ -130,7 +152,9 @@ def mews_source(
             watermarks[service_id] = format_utc(end)
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
+        counts.add(windows=1)
         for page in api.product_service_orders(ids, *window, enterprise_ids):
+            counts.add(order_pages=1, orders=len(page))
             yield to_table(page, ORDER_COLUMNS)
 
     @dlt.transformer(
@@ -153,6 +177,7 @@ def mews_source(
         ]
         with_notes = set().union(*(t.column("service_order_id").to_pylist() for t in tables))
         without_notes = [i for i in order_ids if i not in with_notes]
+        counts.add(notes=sum(t.num_rows for t in tables), orders_without_notes=len(without_notes))
         if without_notes:
             tables.append(deletion_markers(without_notes))
         return tables

@@ -104,7 +104,9 @@ class SlidingWindowLimiter:
     ):
         if max_requests < 1 or window_seconds <= 0:
             raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
-        self.max_requests, self.window_seconds = max_requests, window_seconds
+        self.max_requests = max_requests
+        # A small margin: our start and the server's arrival are not the same instant.
+        self.window_seconds = window_seconds + min(0.5, window_seconds * 0.05)
         self._clock, self._sleep = clock, sleep
         self._starts: deque[float] = deque()
         self._lock = threading.Lock()
