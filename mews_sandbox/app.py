@@ -400,13 +400,18 @@ class Sandbox:
 
     @staticmethod
     def _assign(order: Order, fields: dict[str, Any]) -> None:
-        unknown = [name for name in fields if name not in data.ORDER_FIELDS or name == "Id"]
-        if unknown:
-            raise ValueError(f"cannot set order fields: {sorted(unknown)}")
+        """Set fields by API name. A name the API does not have (yet) becomes an extra field
+        of the order: that is how a test makes a new field appear."""
+        if "Id" in fields:
+            raise ValueError("an order's Id cannot change")
         values = {name: data.to_ts(value) if name in data.TIMESTAMP_FIELDS else value
                   for name, value in fields.items()}  # converted first: all or nothing
         if "Options" in values:
             values["Options"] = {**order.Options, **values["Options"]}  # shared: never mutate
+        extra = {name: values.pop(name) for name in list(values)
+                 if name not in data.ORDER_FIELDS}
+        if extra:
+            order.extra = {**(order.extra or {}), **extra}
         for name, value in values.items():
             setattr(order, name, value)
         order.json = None

@@ -81,6 +81,7 @@ class Order:
     BusinessSegmentId: str | None
     LinkedReservationId: str | None
     Options: dict[str, bool]  # shared between orders: replace it, never mutate it
+    extra: dict[str, Any] | None = None  # fields the API may add one day (schema evolution)
     json: bytes | None = None  # cached serialization; reset on every change
 
 
@@ -140,6 +141,8 @@ def order_to_api(order: Order) -> dict[str, Any]:
     for name in TIMESTAMP_FIELDS:
         api[name] = fmt_ts(api[name])
     api["Options"] = dict(order.Options)
+    if order.extra:
+        api.update(order.extra)
     return api
 
 
@@ -259,7 +262,7 @@ def _generate(orders: int, seed: int, now: datetime) -> Dataset:
     created_times = sorted(start + int(rand() * (anchor - start)) for _ in range(orders))
     # The newest orders have no booker, cancellation, link, voucher or segment yet, so a
     # client cannot learn those columns' types from its first pages.
-    quiet_from = orders - min(2000, orders // 5)
+    quiet_from = orders - min(2000, orders // 3)
 
     for seq in range(orders):
         created, state, origin = created_times[seq], states[seq], origins[seq]
