@@ -487,6 +487,10 @@ class Sandbox:
             response = SandboxResponse(
                 error.status, _headers(request_id, error.headers),
                 _dumps({"Message": error.message, "RequestId": request_id}))
+        except Exception as error:  # a sandbox bug: answer as the real API would, with a clue
+            response = SandboxResponse(500, _headers(request_id), _dumps({
+                "Message": "Unexpected error.", "RequestId": request_id,
+                "Details": f"{type(error).__name__}: {error}"}))
         self.log.append(LoggedRequest(operation, response.status, _redact(payload), time.time()))
         return response
 
@@ -507,10 +511,10 @@ class Sandbox:
         if faulty:
             if (dropped := self._roll_fault(faults)) is not None:
                 return dropped
-            count = (payload.get("Limitation") or {}).get("Count")
-            if (faults.heavy_count is not None and operation.endswith("/getAll")
-                    and isinstance(count, int) and count > faults.heavy_count):
-                raise ApiError(408, "The request is too heavy: ask for fewer items.")
+            if faults.heavy_count is not None and operation.endswith("/getAll"):
+                count, _ = _limitation(payload)  # an invalid Limitation is a 400 first
+                if count > faults.heavy_count:
+                    raise ApiError(408, "The request is too heavy: ask for fewer items.")
         body = getattr(self, _HANDLERS[operation])(payload, self._scope(token))
         if faulty and faults.malformed_json and self._fault_rng.random() < faults.malformed_json:
             body = body[:len(body) // 2]

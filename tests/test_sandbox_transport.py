@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,25 @@ def test_heavy_requests_get_408(mews_call: Any) -> None:
     heavy_notes = mews_call(sb, NOTES, ServiceOrderIds=["x"], Limitation={"Count": 1000})
     assert heavy_notes.status_code == 408
     assert "fewer" in heavy_notes.json()["Message"]
+
+
+def test_an_invalid_limitation_is_a_400_before_it_is_heavy(mews_call: Any) -> None:
+    sb = Sandbox(config=SandboxConfig(faults=Faults(heavy_count=100)))
+    assert mews_call(sb, SERVICES, Limitation={"Count": 5000}).status_code == 400
+    assert mews_call(sb, SERVICES, Limitation=["not", "an", "object"]).status_code == 400
+
+
+def test_an_unexpected_sandbox_error_is_a_500_with_details(mews_call: Any) -> None:
+    sb = Sandbox()
+    sb.clock = lambda: datetime(2026, 1, 1)  # naive: the sandbox cannot use it
+    target = next(s for s in sb.services()
+                  if s["Data"]["Discriminator"] == "Additional" and s["IsActive"])
+    response = mews_call(sb, "orders/add", EnterpriseId=target["EnterpriseId"],
+                         ServiceId=target["Id"], AccountId="a")
+    assert response.status_code == 500
+    assert response.json()["Message"] == "Unexpected error."
+    assert "timezone-aware" in response.json()["Details"]
+    assert sb.log.count("orders/add", 500) == 1
 
 
 def test_faults_can_be_limited_to_some_operations(mews_call: Any) -> None:

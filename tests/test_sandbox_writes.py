@@ -1,5 +1,6 @@
 """The sandbox's write operations, over HTTP and through Python, and what they do to UpdatedUtc."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -299,10 +300,17 @@ def test_update_order_moves_it_to_its_new_updated_utc(sb: Sandbox, mews_call: An
 
 def test_update_order_takes_new_fields_and_unknown_values(sb: Sandbox, mews_call: Any) -> None:
     order_id = sb.orders()[0]["Id"]
-    sb.update_order(order_id, State="Waitlisted", LoyaltyTier="Gold",
-                    Options={"ConnectorCheckIn": True})
-    order = get_order(mews_call, sb, order_id, LATER)
-    assert order["State"] == "Waitlisted" and order["LoyaltyTier"] == "Gold"
+    sb.update_order(order_id, State='Wait"listed\\ ✓', LoyaltyTier="Gold",
+                    Options={"ConnectorCheckIn": True}, Tags=["a", 1, None])
+    response = mews_call(sb, ORDERS, ServiceIds=[s["Id"] for s in sb.services()],
+                         ProductServiceOrderIds=[order_id], UpdatedUtc=around(LATER),
+                         Limitation={"Count": 10})
+    [truth] = [o for o in sb.orders() if o["Id"] == order_id]
+    assert response.content == json.dumps({"ProductServiceOrders": [truth], "Cursor": order_id},
+                                          ensure_ascii=False, separators=(",", ":")).encode()
+    order = response.json()["ProductServiceOrders"][0]
+    assert order["State"] == 'Wait"listed\\ ✓' and order["LoyaltyTier"] == "Gold"
+    assert order["Tags"] == ["a", 1, None]
     assert order["Options"]["ConnectorCheckIn"] is True
     assert sum(o["Options"]["ConnectorCheckIn"] for o in sb.orders()) < 50  # not shared
     with pytest.raises(ValueError):
