@@ -3,8 +3,8 @@
 Exit codes (for schedulers):
   0  success
   2  bad command line or configuration: a person must act
-  3  the Mews API refused the request (bad tokens, permissions, a rejected request): a person
-     must act
+  3  the Mews API refused the request (bad tokens, permissions, a rejected request) or answered
+     something unusable: a person must act
   4  the Mews API is unavailable, rate limiting or failing after every retry: retry later
   5  another run holds the DuckDB file: retry later
   1  an unexpected error (a bug): the traceback is printed; please report it
@@ -26,7 +26,7 @@ from dlt.common.configuration.exceptions import (
 )
 
 from pipelines.mews_pipeline import SyncBusyError
-from sources.mews.client import MewsApiError, MewsConfigError, MewsError
+from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsResponseError
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 
@@ -106,7 +106,9 @@ def explain(exc: BaseException) -> tuple[int, str]:
         if isinstance(cause, MewsError):
             if isinstance(cause, SyncBusyError):
                 return EXIT_BUSY, str(cause)
-            if isinstance(cause, MewsApiError) and not cause.transient:
+            if isinstance(cause, MewsResponseError) or (
+                isinstance(cause, MewsApiError) and not cause.transient
+            ):
                 return EXIT_REFUSED, str(cause)
             return EXIT_UNAVAILABLE, str(cause)
         if isinstance(cause, ConfigFieldMissingException):

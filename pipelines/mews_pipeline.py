@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ TABLES = ("product_service_orders", "service_order_notes", "services")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 log = logging.getLogger("mews_sync")
+
+# A nightly job on a closed network: dlt's anonymous telemetry stays off unless asked for.
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 
 
 class SyncBusyError(MewsError):
@@ -117,6 +121,11 @@ def sync(
     with exclusive(database):
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
         pipeline = build_pipeline(database, pipeline_name, pipelines_dir)
+        if pipeline.has_pending_data:
+            # A run was killed after extracting: finish its load first, or dlt would load only
+            # that and drop what this run extracts.
+            log.warning("finishing the load an interrupted run left behind")
+            pipeline.run()
         pipeline.run(source)
         apply_sql_models(database)
         report.table_rows = table_counts(database)

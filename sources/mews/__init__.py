@@ -19,14 +19,18 @@ import pendulum
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from .client import ClientStats, MewsClient, MewsConfigError, format_utc
+from .client import ClientStats, MewsClient, MewsConfigError, RequestTooHeavyError, format_utc
 from .settings import (
+    BACKOFF_BASE_SECONDS,
     DEFAULT_CLIENT,
     DEFAULT_NOTE_TYPES,
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
+    MAX_RETRIES,
     MAX_WINDOW_MONTHS,
+    MIN_WINDOW,
+    PAGE_SIZE,
     PRODUCT_SERVICE_DISCRIMINATOR,
     RATE_LIMIT_REQUESTS,
     RATE_LIMIT_SECONDS,
@@ -74,6 +78,9 @@ def mews_source(
     note_types: list[str] | None = None,
     rate_limit_requests: int = RATE_LIMIT_REQUESTS,
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
+    page_size: int = PAGE_SIZE,
+    max_retries: int = MAX_RETRIES,
+    backoff_seconds: float = BACKOFF_BASE_SECONDS,
     backfill_start: str | None = None,
     backfill_end: str | None = None,
     end_date: str | None = None,
@@ -114,6 +121,9 @@ def mews_source(
         client,
         transport=transport,
         rate_limit=(rate_limit_requests, rate_limit_seconds) if rate_limit_requests else None,
+        page_size=page_size,
+        max_retries=max_retries,
+        backoff_base=backoff_seconds,
         stats=stats,
     )
 
@@ -153,9 +163,19 @@ def mews_source(
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)
-        for page in api.product_service_orders(ids, *window, enterprise_ids):
-            counts.add(order_pages=1, orders=len(page))
-            yield to_table(page, ORDER_COLUMNS)
+        try:
+            for page in api.product_service_orders(ids, *window, enterprise_ids):
+                counts.add(order_pages=1, orders=len(page))
+                yield to_table(page, ORDER_COLUMNS)
+        except RequestTooHeavyError:
+            # Even small pages are too heavy: ask for a shorter interval. Pages already
+            # yielded come again; the merge keeps one row per order.
+            start, stop = window
+            if stop - start <= MIN_WINDOW:
+                raise
+            middle = start + (stop - start) / 2
+            yield from orders_in(ids, (start, middle))
+            yield from orders_in(ids, (middle, stop))
 
     @dlt.transformer(
         data_from=product_service_orders,

@@ -366,14 +366,30 @@ class MewsClient:
         types: Iterable[str] | None = None,
         enterprise_ids: list[str] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of the notes of these orders, any number of ids, in batches of 1000."""
+        """Pages of the notes of these orders, any number of ids, in batches of 1000.
+
+        When even small pages are too heavy (408), the batch of ids is halved; pages already
+        yielded for it come again.
+        """
         for orders in chunked(order_ids):
-            filters: dict[str, Any] = {"ServiceOrderIds": orders}
-            if types:
-                filters["Types"] = list(types)
-            if enterprise_ids:
-                filters["EnterpriseIds"] = enterprise_ids
+            yield from self._notes_batch(orders, list(types or []), enterprise_ids)
+
+    def _notes_batch(
+        self, order_ids: list[str], types: list[str], enterprise_ids: list[str] | None
+    ) -> Iterator[list[dict[str, Any]]]:
+        filters: dict[str, Any] = {"ServiceOrderIds": order_ids}
+        if types:
+            filters["Types"] = types
+        if enterprise_ids:
+            filters["EnterpriseIds"] = enterprise_ids
+        try:
             yield from self.iter_pages(NOTES_OPERATION, filters)
+        except RequestTooHeavyError:
+            if len(order_ids) == 1:
+                raise
+            half = len(order_ids) // 2
+            yield from self._notes_batch(order_ids[:half], types, enterprise_ids)
+            yield from self._notes_batch(order_ids[half:], types, enterprise_ids)
 
     def services(
         self, service_ids: list[str] | None = None, enterprise_ids: list[str] | None = None
