@@ -221,14 +221,14 @@ def _text(value: Any, name: str) -> str:
 
 # --- filtering and paging -----------------------------------------------------------------
 
-def _within(ts: int, window: Window, inclusive: bool) -> bool:
+def _within(ts: float, window: Window, inclusive: bool) -> bool:
     start, end = window
     if ts < start:
         return False
     return ts <= end if inclusive or start == end else ts < end
 
 
-def _slice_bounds(keys: list[int], window: Window, inclusive: bool) -> tuple[int, int]:
+def _slice_bounds(keys: list[float], window: Window, inclusive: bool) -> tuple[int, int]:
     start, end = window
     if inclusive or start == end:
         return bisect_left(keys, start), bisect_right(keys, end)
@@ -379,7 +379,7 @@ class Sandbox:
 
     # --- state changes (callers hold the lock) --------------------------------------------
 
-    def _ts(self, at: datetime | None) -> int:
+    def _ts(self, at: datetime | None) -> float:
         ts = data.to_ts(at if at is not None else self.clock())
         assert ts is not None
         return ts
@@ -416,7 +416,7 @@ class Sandbox:
             setattr(order, name, value)
         order.json = None
 
-    def _new_order(self, service_id: str, ts: int, fields: dict[str, Any]) -> Order:
+    def _new_order(self, service_id: str, ts: float, fields: dict[str, Any]) -> Order:
         order = Order(
             seq=len(self._orders), Id=data.new_id(self._rng), ServiceId=service_id,
             AccountId="", AccountType="Customer", CreatorProfileId=self._profile_id,
@@ -440,11 +440,11 @@ class Sandbox:
             self._index(order)
         self._changed()
 
-    def _bump(self, order_id: str, ts: int) -> None:
+    def _bump(self, order_id: str, ts: float) -> None:
         if self.config.notes_bump_order:
             self._update_order(self._orders_by_id[order_id], {"UpdatedUtc": ts})
 
-    def _new_note(self, order: Order, text: str, note_type: str, ts: int) -> Note:
+    def _new_note(self, order: Order, text: str, note_type: str, ts: float) -> Note:
         note = Note(seq=len(self._notes_by_id), Id=data.new_id(self._rng), OrderId=order.Id,
                     Text=text, Type=note_type, CreatedUtc=ts, UpdatedUtc=ts)
         self._notes_by_id[note.Id] = note
@@ -453,12 +453,12 @@ class Sandbox:
         self._changed()
         return note
 
-    def _edit_note(self, note: Note, text: str, ts: int) -> None:
+    def _edit_note(self, note: Note, text: str, ts: float) -> None:
         note.Text, note.UpdatedUtc = text, ts
         self._bump(note.OrderId, ts)
         self._changed()
 
-    def _delete_note(self, note: Note, ts: int) -> None:
+    def _delete_note(self, note: Note, ts: float) -> None:
         note.deleted = True
         self._bump(note.OrderId, ts)
         self._changed()

@@ -1,7 +1,9 @@
 """The sandbox's records, their API shapes, and deterministic generation of a data set.
 
-Timestamps are stored as whole epoch seconds (int): the API shows whole seconds, so what a
-client sees is exactly what the filters compare, and ints keep a million orders cheap.
+Timestamps are epoch seconds. Generated ones are whole seconds; a change keeps the clock's
+microseconds, as a real server does, so it is never stamped earlier than it happened (which
+would hide it from a client whose last window ended in that same second). The API shows
+whole seconds; filters compare the precise value.
 """
 
 import calendar
@@ -60,8 +62,8 @@ class Service:
     Name: str
     bookable: bool
     IsActive: bool
-    CreatedUtc: int
-    UpdatedUtc: int
+    CreatedUtc: float
+    UpdatedUtc: float
 
 
 @dataclass(slots=True, eq=False)
@@ -79,9 +81,9 @@ class Order:
     Origin: str
     CommanderOrigin: str | None
     OriginDetails: str | None
-    CreatedUtc: int
-    UpdatedUtc: int
-    CancelledUtc: int | None
+    CreatedUtc: float
+    UpdatedUtc: float
+    CancelledUtc: float | None
     VoucherId: str | None
     BusinessSegmentId: str | None
     LinkedReservationId: str | None
@@ -103,8 +105,8 @@ class Note:
     OrderId: str
     Text: str
     Type: str
-    CreatedUtc: int
-    UpdatedUtc: int
+    CreatedUtc: float
+    UpdatedUtc: float
     deleted: bool = False  # kept as a tombstone so a cursor pointing at it stays valid
 
 
@@ -116,21 +118,21 @@ class Dataset:
     notes: list[Note] = field(default_factory=list)
 
 
-def fmt_ts(ts: int | None) -> str | None:
+def fmt_ts(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))  # 2x datetime's speed
 
 
-def to_ts(value: datetime | str | int | None) -> int | None:
-    """Whole epoch seconds from an aware datetime, an ISO 8601 string or an int."""
-    if value is None or isinstance(value, int):
+def to_ts(value: datetime | str | float | None) -> float | None:
+    """Epoch seconds from an aware datetime, an ISO 8601 string or a number."""
+    if value is None or isinstance(value, int | float):
         return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         raise ValueError(f"timestamp must be timezone-aware: {value!r}")
-    return int(value.timestamp() // 1)
+    return value.timestamp()
 
 
 def add_months(dt: datetime, months: int) -> datetime:
@@ -260,8 +262,9 @@ def paused_gc() -> Iterator[None]:
 def generate(orders: int, seed: int, now: datetime) -> Dataset:
     """Same (orders, seed, now) -> identical data. Nothing is later than `now`."""
     rng = random.Random(seed)
-    anchor = to_ts(now)
-    assert anchor is not None
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    anchor = int(now.timestamp())  # whole seconds, not later than now
     start = anchor - 4 * 365 * DAY
     data = Dataset()
 

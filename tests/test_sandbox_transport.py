@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,10 +251,11 @@ def test_round_trip_over_loopback_http() -> None:
                                   "EndUtc": "2000-01-01T00:00:00Z"}).json()
         assert orders == {"ProductServiceOrders": [], "Cursor": None}
         [truth] = [o for o in sb.orders() if o["Id"] == order_id]
-        stamp = truth["UpdatedUtc"]
+        shown = datetime.fromisoformat(truth["UpdatedUtc"])  # whole seconds of a precise time
         orders = post("productServiceOrders/getAll", ServiceIds=[target["Id"]],
                       ProductServiceOrderIds=[order_id], Limitation={"Count": 1},
-                      UpdatedUtc={"StartUtc": stamp, "EndUtc": stamp}).json()
+                      UpdatedUtc={"StartUtc": truth["UpdatedUtc"],
+                                  "EndUtc": (shown + timedelta(seconds=1)).isoformat()}).json()
         assert orders == {"ProductServiceOrders": [truth], "Cursor": order_id}
 
         assert client.post("/api/connector/v1/Services/getAll", json=auth).status_code == 404

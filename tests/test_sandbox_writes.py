@@ -354,3 +354,26 @@ def test_the_default_clock_is_real_utc_now(mews_call: Any) -> None:
                                           if o["Id"] == order_id)["UpdatedUtc"])
     assert abs(updated - datetime.now(UTC)) < timedelta(seconds=5)
     assert all(datetime.fromisoformat(o["UpdatedUtc"]) <= datetime.now(UTC) for o in sb.orders())
+
+
+def test_a_change_is_stamped_precisely_and_shown_in_whole_seconds(sb: Sandbox,
+                                                                  mews_call: Any) -> None:
+    changed_at = datetime(2026, 1, 20, 12, 0, 0, 700_000, tzinfo=UTC)
+    sb.clock = lambda: changed_at
+    order = sb.orders()[0]
+    sb.update_order(order["Id"], State="Processed")
+
+    def found(start: str, end: str) -> bool:
+        body = mews_call(sb, ORDERS, ServiceIds=[order["ServiceId"]],
+                         ProductServiceOrderIds=[order["Id"]], Limitation={"Count": 1},
+                         UpdatedUtc={"StartUtc": start, "EndUtc": end}).json()
+        return bool(body["ProductServiceOrders"])
+
+    shown = get_order(mews_call, sb, order["Id"], changed_at)["UpdatedUtc"]
+    assert shown == "2026-01-20T12:00:00Z"
+    # a window that ended before the change, within the same second, does not hide it forever:
+    assert not found("2026-01-20T11:00:00Z", "2026-01-20T12:00:00.5Z")
+    assert found("2026-01-20T12:00:00.5Z", "2026-01-20T13:00:00Z")
+    assert found("2026-01-20T11:00:00Z", "2026-01-20T12:00:00.8Z")
+    assert found("2026-01-20T12:00:00.7Z", "2026-01-20T12:00:00.7Z")
+    assert not found(shown, shown)  # equality is on the precise instant
