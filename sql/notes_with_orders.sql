@@ -1,5 +1,5 @@
--- What did staff write on orders, and about which order and service?
--- One row per note, with its order's number, state and service name.
+-- What did staff write on orders, and about which order, service and enterprise?
+-- One row per note, with its order's number and current state and its service's name.
 create or replace view mews.notes_with_orders as
 select
     n.id as note_id,
@@ -9,7 +9,10 @@ select
     o.id as order_id,
     o.number as order_number,
     o.state as order_state,
-    s.name as service_name
+    o.created_utc as order_created_utc,
+    o.service_id,
+    s.name as service_name,
+    s.enterprise_id
 from mews.service_order_notes as n
 join mews.product_service_orders as o on o.id = n.service_order_id
 left join mews.services as s on s.id = o.service_id;

@@ -1,5 +1,7 @@
 -- Which orders exist now, for which service (and enterprise), and how many notes each has?
--- One row per product service order, with its service's name and its note count.
+-- One row per product service order in its latest synced version, canceled ones included
+-- (filter on state). service_name and enterprise_id are null for an order whose service is
+-- not in mews.services; enterprise names are not synced, only their ids.
 create or replace view mews.orders_current as
 select
     o.id,
@@ -10,6 +12,8 @@ select
     s.name as service_name,
     s.enterprise_id,
     o.account_id,
+    o.account_type,
+    o.linked_reservation_id,
     o.created_utc,
     o.updated_utc,
     o.cancelled_utc,
