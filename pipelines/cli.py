@@ -8,6 +8,7 @@ Exit codes (for schedulers):
   4  the Mews API is unavailable, rate limiting or failing after every retry: retry later
   5  another run holds the DuckDB file: retry later
   1  an unexpected error (a bug): the traceback is printed; please report it
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dlt.common.configuration.exceptions import (
     ConfigFieldMissingException,
     ConfigValueCannotBeCoercedException,
 )
 
-from pipelines.mews_pipeline import SyncBusyError
+from pipelines.mews_pipeline import RunReport, SyncBusyError
 from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsResponseError
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEMO_ORDERS = 2000
 DEMO_QUERY = """select s.name as service, o.state, count(*) as orders
@@ -52,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="how much to log on stderr (default INFO)",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="how much to log on stderr (default: MEWS_SYNC__LOG_LEVEL or log_level under "
+        "[mews_sync] in .dlt/config.toml, else INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     commands.add_parser("run", help="incremental sync from the stored state up to now")
@@ -72,30 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--seed", type=int, default=1)
     sandbox.add_argument("--client-token", help="ClientToken to accept (default: Mews demo)")
     sandbox.add_argument("--access-token", help="AccessToken to accept (default: Mews demo)")
+    status = commands.add_parser(
+        "status", help="watermarks, last runs, rows per table and orders per month"
+    )
+    status.add_argument("--path", help="the DuckDB file (default: as configured for runs)")
+    query = commands.add_parser("query", help="print the result of a SQL query as a table")
+    query.add_argument("sql", nargs="?", help="the SQL; tables resolve in the mews dataset")
+    query.add_argument("-f", "--file", help="read the SQL from this file instead")
+    query.add_argument("--path", help="the DuckDB file (default: as configured for runs)")
+    query.add_argument("--max-rows", type=int, default=100, help="rows to print (default 100)")
+    query.add_argument("--csv", action="store_true", help="print CSV, every row, whole values")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx", "httpcore", "dlt"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
+        setup_logging(args.log_level)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print(
             "mews-sync: interrupted; the next run starts from the last completed load.",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - turned into one sentence and an exit code
         code, sentence = explain(exc)
         if code == EXIT_BUG:
             raise
         print(f"mews-sync: {sentence}", file=sys.stderr)
         return code
+
+
+def setup_logging(level: str | None) -> None:
+    """Log on stderr at the level from the command line, else from dlt's config, else INFO."""
+    import dlt
+
+    level = level or str(dlt.config.get("mews_sync.log_level", str) or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise MewsConfigError(f"The log level must be one of {', '.join(LOG_LEVELS)}.")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "dlt"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def explain(exc: BaseException) -> tuple[int, str]:
@@ -137,33 +159,51 @@ def causes(exc: BaseException) -> list[BaseException]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipelines.mews_pipeline import sync
-
-    print(sync("run").summary())
+    recorded_sync("run")
     return EXIT_OK
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from pipelines.mews_pipeline import sync
-
-    print(sync("backfill", backfill_start=args.start, backfill_end=args.end).summary())
+    recorded_sync("backfill", backfill_start=args.start, backfill_end=args.end)
     return EXIT_OK
+
+
+def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> RunReport:
+    """Sync, then print the summary and record the run beside the DuckDB file, failed or not."""
+    from pipelines.mews_pipeline import duckdb_file, record_run, sync
+
+    report = RunReport(kind=kind, duckdb_file=database or duckdb_file())
+    try:
+        sync(kind, database=report.duckdb_file, report=report, **sync_args)
+    except (Exception, KeyboardInterrupt) as exc:
+        code, sentence = (
+            explain(exc) if isinstance(exc, Exception) else (EXIT_INTERRUPTED, "interrupted")
+        )
+        # A bug's message could hold anything; the traceback has the details.
+        report.error = sentence if code != EXIT_BUG else f"unexpected {type(exc).__name__}"
+        print(report.summary())
+        record_run(report, code)
+        raise
+    print(report.summary())
+    record_run(report, EXIT_OK)
+    return report
 
 
 def demo_command(args: argparse.Namespace) -> int:
     import duckdb
 
     from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
-    from pipelines.mews_pipeline import sync, table_counts
+    from pipelines.mews_pipeline import RUNS_SUFFIX, beside, table_counts
 
     if args.orders < 1:
         raise MewsConfigError("--orders must be at least 1.")
     database = Path(args.path).resolve()
     database.unlink(missing_ok=True)  # the demo always starts from a fresh file
+    beside(str(database), RUNS_SUFFIX).unlink(missing_ok=True)
     print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
     sandbox = Sandbox.generate(orders=args.orders, seed=1)
     with sandbox.serve() as url, tempfile.TemporaryDirectory() as workdir:
-        report = sync(
+        recorded_sync(
             "demo",
             database=str(database),
             pipeline_name="mews_demo",
@@ -174,7 +214,6 @@ def demo_command(args: argparse.Namespace) -> int:
             start_date="2015-01-01",
             rate_limit_requests=0,
         )
-    print(report.summary())
     print("\nRows per table:")
     for table, rows in table_counts(str(database)).items():
         print(f"  mews.{table:<24} {rows:>8}")
@@ -194,11 +233,55 @@ def sandbox_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def status_command(args: argparse.Namespace) -> int:
+    from pipelines.mews_pipeline import duckdb_file
+    from pipelines.status import status_screen
+
+    print(status_screen(args.path or duckdb_file()))
+    return EXIT_OK
+
+
+def query_command(args: argparse.Namespace) -> int:
+    import csv
+
+    import duckdb
+
+    from pipelines.mews_pipeline import duckdb_file
+    from pipelines.status import first_line, format_table, reading
+
+    if (args.sql is None) == (args.file is None):
+        raise MewsConfigError("Give the SQL either as an argument or with --file, not both.")
+    if args.max_rows < 1:
+        raise MewsConfigError("--max-rows must be at least 1.")
+    try:
+        sql = args.sql if args.file is None else Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MewsConfigError(f"Cannot read {args.file}: {exc.strerror}.") from None
+    with reading(args.path or duckdb_file()) as con:
+        try:
+            result = con.execute(sql)
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchall() if args.csv else result.fetchmany(args.max_rows + 1)
+        except duckdb.Error as exc:
+            raise MewsConfigError(f"The query failed: {first_line(exc)}") from None
+    if not columns:
+        print("(the statement returned no rows)")
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        print(format_table(columns, rows[: args.max_rows], more=len(rows) > args.max_rows))
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": run_command,
     "backfill": backfill_command,
     "demo": demo_command,
     "sandbox": sandbox_command,
+    "status": status_command,
+    "query": query_command,
 }
 
 if __name__ == "__main__":

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dlt
 import duckdb
 
+from pipelines.progress import Progress
 from sources.mews import SourceStats, mews_source
 from sources.mews.client import ClientStats, MewsConfigError, MewsError
 
@@ -23,6 +26,8 @@ DATASET_NAME = "mews"
 DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 TABLES = ("product_service_orders", "service_order_notes", "services")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Run records live beside the DuckDB file, not in it: see record_run().
+RUNS_SUFFIX = ".runs.jsonl"
 
 log = logging.getLogger("mews_sync")
 
@@ -38,32 +43,62 @@ class SyncBusyError(MewsError):
 
 @dataclass
 class RunReport:
-    """What one run did, for the summary printed at its end."""
+    """What one run did, for the summary printed at its end and the run record."""
 
     kind: str
     duckdb_file: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
     stats: ClientStats = field(default_factory=ClientStats)
     read: SourceStats = field(default_factory=SourceStats)
     table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
+    error: str | None = None  # the one-sentence reason a failed run stopped
 
     def summary(self) -> str:
         requests = sum(self.stats.requests.values())
         per_op = ", ".join(f"{op} {n}" for op, n in sorted(self.stats.requests.items()))
         tables = ", ".join(f"{t} {n}" for t, n in self.table_rows.items())
         read = self.read
+        if self.error is None:
+            head = f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.duckdb_file}"
+        else:
+            head = f"mews-sync {self.kind} FAILED after {self.seconds:.1f} s: {self.error}"
+            tables = tables or "not counted (the run did not finish)"
         return "\n".join(
             [
-                f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.duckdb_file}",
+                head,
                 f"  read: {read.orders} orders in {read.order_pages} pages over {read.windows} "
                 f"windows, {read.notes} notes ({read.orders_without_notes} orders without notes)",
                 f"  rows per table now: {tables or 'none'}",
                 f"  requests: {requests} ({per_op or 'none'})",
                 f"  retries: {self.stats.retries}, rate-limited (429): {self.stats.throttled}, "
-                f"too heavy (408): {self.stats.heavy}, "
-                f"waited for the rate limit: {self.stats.limiter_wait_seconds:.1f} s",
+                f"too heavy (408): {self.stats.heavy}",
+                f"  waited for the rate limit: {self.stats.limiter_wait_seconds:.1f} s, "
+                f"after 429s: {self.stats.throttle_wait_seconds:.1f} s",
             ]
         )
+
+    def record(self, exit_code: int) -> dict[str, Any]:
+        """The run as one JSON-able line: counts and the error sentence, never a token."""
+        return {
+            "kind": self.kind,
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": (self.started + timedelta(seconds=self.seconds)).isoformat(
+                timespec="seconds"
+            ),
+            "seconds": round(self.seconds, 1),
+            "status": "ok" if exit_code == 0 else "failed",
+            "exit_code": exit_code,
+            "error": self.error,
+            "windows": self.read.windows,
+            "order_pages": self.read.order_pages,
+            "orders": self.read.orders,
+            "notes": self.read.notes,
+            "requests": sum(self.stats.requests.values()),
+            "retries": self.stats.retries,
+            "throttled": self.stats.throttled,
+            "table_rows": self.table_rows,
+        }
 
 
 def duckdb_file() -> str:
@@ -83,17 +118,25 @@ def build_pipeline(
     )
 
 
+def beside(database: str, suffix: str) -> Path:
+    """A file next to the DuckDB file: its lock, its run records."""
+    path = Path(database).expanduser().resolve()
+    return path.with_name(path.name + suffix)
+
+
 @contextmanager
 def exclusive(database: str) -> Iterator[None]:
-    """Hold a lock beside the DuckDB file so two runs never write it at once."""
-    lock_path = Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")
+    """Hold a lock beside the DuckDB file so two runs never write it at once (readers such as
+    `mews-sync query` hold it shared, because DuckDB lets one process write or many read)."""
+    lock_path = beside(database, ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SyncBusyError(
-                f"Another mews-sync run is using {database}; wait for it to finish."
+                f"Another mews-sync run is using {database} (or a query is reading it); "
+                "wait for it to finish."
             ) from None
         try:
             yield
@@ -106,9 +149,13 @@ def sync(
     database: str | None = None,
     pipeline_name: str = PIPELINE_NAME,
     pipelines_dir: str | None = None,
+    report: RunReport | None = None,
     **source_args: Any,
 ) -> RunReport:
-    """Run the source into DuckDB once (`kind` is "run" or "backfill") and apply sql/ views."""
+    """Run the source into DuckDB once (`kind` is "run" or "backfill") and apply sql/ views.
+
+    Pass a `report` to keep what a failed run counted before it stopped.
+    """
     database = database or duckdb_file()
     if Path(database).stem == DATASET_NAME:
         # DuckDB names the catalog after the file; one equal to the dataset confuses its binder.
@@ -116,21 +163,57 @@ def sync(
             f"Name the DuckDB file something other than {Path(database).name}, "
             "e.g. mews_sync.duckdb (DESTINATION__DUCKDB__CREDENTIALS)."
         )
-    report = RunReport(kind=kind, duckdb_file=database)
+    report = report or RunReport(kind=kind, duckdb_file=database)
     started = time.monotonic()
-    with exclusive(database):
-        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
-        pipeline = build_pipeline(database, pipeline_name, pipelines_dir)
-        if pipeline.has_pending_data:
-            # A run was killed after extracting: finish its load first, or dlt would load only
-            # that and drop what this run extracts.
-            log.warning("finishing the load an interrupted run left behind")
-            pipeline.run()
-        pipeline.run(source)
-        apply_sql_models(database)
-        report.table_rows = table_counts(database)
-    report.seconds = time.monotonic() - started
+    try:
+        with exclusive(database), Progress(report.read, report.stats):
+            source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+            pipeline = build_pipeline(database, pipeline_name, pipelines_dir)
+            if pipeline.has_pending_data:
+                # A run was killed after extracting: finish its load first, or dlt would load
+                # only that and drop what this run extracts.
+                log.warning("finishing the load an interrupted run left behind")
+                pipeline.run()
+            pipeline.run(source)
+            apply_sql_models(database)
+            report.table_rows = table_counts(database)
+    finally:
+        report.seconds = time.monotonic() - started
     return report
+
+
+def record_run(report: RunReport, exit_code: int) -> None:
+    """Append the run to `<duckdb file>.runs.jsonl` for `mews-sync status`.
+
+    A file beside the DuckDB file rather than a table in it: the record matters most when the
+    DuckDB file is locked by another run or damaged, a rejected run leaves the DuckDB file
+    byte for byte as it was, and `tail` reads it without DuckDB. One short line appended in
+    one write, so runs that finish together do not mix their lines.
+    """
+    path = beside(report.duckdb_file, RUNS_SUFFIX)
+    line = json.dumps(report.record(exit_code)) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    except OSError as exc:
+        log.warning("could not record this run in %s: %s", path, exc.strerror or exc)
+
+
+def read_runs(database: str) -> list[dict[str, Any]]:
+    """The run records, oldest first; a torn or foreign line is skipped, not fatal."""
+    try:
+        lines = beside(database, RUNS_SUFFIX).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    runs = []
+    for line in lines:
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(run, dict) and "status" in run:
+            runs.append(run)
+    return runs
 
 
 def apply_sql_models(database: str) -> None:
@@ -144,17 +227,22 @@ def apply_sql_models(database: str) -> None:
 
 
 def table_counts(database: str) -> dict[str, int]:
-    """Rows per table of the dataset, for the demo and status screens."""
+    """Rows per table of the dataset, for the demo and the run summary."""
     with duckdb.connect(database, read_only=True) as con:
-        existing = {
-            name
-            for (name,) in con.execute(
-                "select table_name from information_schema.tables where table_schema = ?",
-                [DATASET_NAME],
-            ).fetchall()
-        }
-        return {
-            t: con.execute(f"select count(*) from {DATASET_NAME}.{t}").fetchone()[0]
-            for t in TABLES
-            if t in existing
-        }
+        return count_rows(con)
+
+
+def count_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows per table of the dataset that exists, on an open connection."""
+    existing = {
+        name
+        for (name,) in con.execute(
+            "select table_name from information_schema.tables where table_schema = ?",
+            [DATASET_NAME],
+        ).fetchall()
+    }
+    return {
+        t: con.execute(f"select count(*) from {DATASET_NAME}.{t}").fetchone()[0]
+        for t in TABLES
+        if t in existing
+    }

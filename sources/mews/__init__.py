@@ -52,6 +52,7 @@ class SourceStats:
     """What the source read in one run, for the run summary."""
 
     windows: int = 0
+    windows_total: int = 0  # planned, for a progress bar; a 408 split adds windows beyond it
     order_pages: int = 0
     orders: int = 0
     notes: int = 0
@@ -150,11 +151,14 @@ def mews_source(
         """Yields a typed table per page of orders updated since each service's watermark."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
         if backfill:
+            counts.add(windows_total=len(list(walk_windows(*backfill))))
             for window in walk_windows(*backfill):
                 yield from orders_in(ids, window)
             return
         watermarks: dict[str, str] = dlt.current.resource_state().setdefault("watermarks", {})
-        for group_start, group in group_by_start(ids, watermarks, start, overlap).items():
+        groups = group_by_start(ids, watermarks, start, overlap)
+        counts.add(windows_total=sum(len(list(walk_windows(g, end))) for g in groups))
+        for group_start, group in groups.items():
             for window in walk_windows(group_start, end):
                 yield from orders_in(group, window)
         # Reached only when every window was read: a failed run keeps the old watermarks.
