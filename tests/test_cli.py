@@ -1,0 +1,82 @@
+"""The `mews-sync` command as a person and a scheduler use it: demo, project dir, backfill."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, REPO, cli, cli_env
+
+from mews_sandbox import Sandbox
+
+
+def test_demo_needs_no_configuration_and_shows_what_a_newcomer_needs(tmp_path):
+    env = cli_env(tmp_path, "http://unused.invalid")
+    for name in list(env):
+        if name.startswith(("SOURCES__", "DESTINATION__")):
+            del env[name]
+    result = cli(env, "demo", "--orders", "300", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    database = tmp_path / "mews_demo.duckdb"
+    with duckdb.connect(str(database), read_only=True) as con:
+        orders = con.execute("select count(*) from mews.product_service_orders").fetchone()[0]
+    assert orders == 300
+    assert f"mews.product_service_orders {orders:>8}".replace(" ", "") in result.stdout.replace(
+        " ", ""
+    )
+    assert str(database) in result.stdout
+    assert "select s.name as service" in result.stdout
+    assert re.search(r"│\s+service\s+│\s+state\s+│\s+orders\s+│", result.stdout)
+
+
+def test_the_cli_works_from_any_directory_with_dlt_project_dir(tmp_path):
+    sandbox = Sandbox.generate(orders=200, seed=3)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / ".dlt").mkdir(parents=True)
+    elsewhere.mkdir()
+    database = tmp_path / "hotel.duckdb"
+    with sandbox.serve() as url:
+        (project / ".dlt" / "config.toml").write_text(
+            f'[sources.mews]\nplatform_url = "{url}"\nstart_date = "2015-01-01"\n'
+            f'rate_limit_requests = 0\n\n[destination.duckdb]\ncredentials = "{database}"\n'
+        )
+        (project / ".dlt" / "secrets.toml").write_text(
+            f'[sources.mews]\nclient_token = "{CLIENT_TOKEN}"\naccess_token = "{ACCESS_TOKEN}"\n'
+        )
+        env = cli_env(tmp_path, url, DLT_PROJECT_DIR=str(project))
+        for name in list(env):
+            if name.startswith(("SOURCES__", "DESTINATION__")):
+                del env[name]
+        result = cli(env, "run", cwd=elsewhere)
+
+    assert result.returncode == 0, result.stderr
+    with duckdb.connect(str(database), read_only=True) as con:
+        loaded = con.execute("select count(*) from mews.product_service_orders").fetchone()[0]
+    assert loaded == len(sandbox.orders())
+
+
+def test_backfill_from_the_command_line(tmp_path):
+    sandbox = Sandbox.generate(orders=300, seed=4)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    updated = sorted(o["UpdatedUtc"] for o in sandbox.orders())
+    start, end = updated[100][:10], updated[200][:10]
+    with sandbox.serve() as url:
+        result = cli(
+            cli_env(tmp_path, url), "backfill", "--start", start, "--end", end, cwd=tmp_path
+        )
+    assert result.returncode == 0, result.stderr
+    expected = sum(start <= u[:10] < end for u in updated)
+    assert f"read: {expected} orders" in result.stdout
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "mews-sync"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "backfill" in result.stdout
