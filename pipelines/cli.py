@@ -181,7 +181,8 @@ def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> R
         )
         # A bug's message could hold anything; the traceback has the details.
         report.error = sentence if code != EXIT_BUG else f"unexpected {type(exc).__name__}"
-        print(report.summary())
+        # Flushed now, so that in a shared log the summary comes before the error sentence.
+        print(report.summary(), flush=True)
         record_run(report, code)
         raise
     print(report.summary())

@@ -72,7 +72,7 @@ class Progress:
         read, stats = self.read, self.stats
         total = max(read.windows_total, read.windows)
         done = read.windows / total if total else 0.0
-        filled = round(done * BAR_WIDTH)
+        filled = int(done * BAR_WIDTH)  # full only when done
         requests = sum(dict(stats.requests).values())  # a copy: other threads add keys
         waited = stats.limiter_wait_seconds + stats.throttle_wait_seconds
         elapsed = int(time.monotonic() - self._started)

@@ -170,7 +170,10 @@ def watermark_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
     sets: dict[str, list[str]] = {}
     for service_id, mark in marks.items():
         sets.setdefault(mark, []).append(names.get(service_id) or service_id)
-    out = ["Watermarks (orders updated before them are loaded; the next run starts there):"]
+    out = [
+        "Watermarks (orders updated before them are loaded; "
+        "the next run starts a few minutes before):"
+    ]
     for mark, services in sorted(sets.items(), reverse=True):
         moment = datetime.fromisoformat(mark.replace("Z", "+00:00"))
         out += service_lines(f"{when(moment)} ({ago(now - moment)})", services)
@@ -259,7 +262,7 @@ def chart_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
             ).fetchall()
         )
     top = max(counts.values(), default=0)
-    out = [f"Orders by month of their latest update (UTC, last {CHART_MONTHS} months):"]
+    out = [f"Orders updated per month (each at its latest update, UTC, last {CHART_MONTHS}):"]
     for month in months:
         n = counts.get(month, 0)
         bar = "#" * (round(n / top * CHART_WIDTH) if top else 0)
