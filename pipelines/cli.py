@@ -180,7 +180,8 @@ def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> R
             explain(exc) if isinstance(exc, Exception) else (EXIT_INTERRUPTED, "interrupted")
         )
         # A bug's message could hold anything; the traceback has the details.
-        report.error = sentence if code != EXIT_BUG else f"unexpected {type(exc).__name__}"
+        bug = f"unexpected {type(causes(exc)[-1]).__name__} (a bug; see the traceback)"
+        report.error = sentence if code != EXIT_BUG else bug
         # Flushed now, so that in a shared log the summary comes before the error sentence.
         print(report.summary(), flush=True)
         record_run(report, code)

@@ -223,11 +223,16 @@ def run_lines(database: str, runs: list[dict[str, Any]], now: datetime) -> list[
         out.append("  last success: none recorded")
     if failed:
         later = not ok or failed["started"] > ok["started"]
-        out += [
+        out.append(
             f"  last failure: {run_head(failed, now)}, exit {failed['exit_code']}"
-            + ("" if later else " (before the last success)"),
-            f"    {failed.get('error') or 'no reason recorded'}",
-        ]
+            + ("" if later else " (before the last success)")
+        )
+        out += textwrap.wrap(
+            failed.get("error") or "no reason recorded",
+            width=96,
+            initial_indent="    ",
+            subsequent_indent="    ",
+        )
     else:
         out.append("  last failure: none recorded")
     return out

@@ -278,6 +278,21 @@ def test_every_run_is_recorded_beside_the_duckdb_file_without_tokens(operated):
     assert out.count("finished in") == 2 and out.count("FAILED after") == 1
 
 
+def test_a_bug_is_recorded_by_its_type_only(tmp_path, monkeypatch):
+    def explode(database: str) -> None:
+        raise RuntimeError("whatever a bug's message holds")
+
+    monkeypatch.setattr("pipelines.mews_pipeline.apply_sql_models", explode)
+    target = Target(Sandbox.generate(orders=200, seed=9), tmp_path)
+    with pytest.raises(RuntimeError):
+        recorded(target)
+    (run,) = read_runs(target.database)
+    assert (run["exit_code"], run["error"]) == (
+        1,
+        "unexpected RuntimeError (a bug; see the traceback)",
+    )
+
+
 def test_status_shows_watermark_sets_runs_rows_and_a_monthly_chart(operated, capsys):
     sandbox = operated.sandbox
     services = truth_services(sandbox)
@@ -302,7 +317,7 @@ def test_status_shows_watermark_sets_runs_rows_and_a_monthly_chart(operated, cap
     assert "last failure: run started" in screen and "exit 3" in screen
     runs = read_runs(operated.database)
     assert f"read {runs[1]['orders']} orders" in screen
-    assert runs[2]["error"] in screen
+    assert runs[2]["error"] in " ".join(screen.split())  # wrapped on screen
 
     for table, rows in runs[1]["table_rows"].items():
         assert f"mews.{table}" in screen and f"{rows:,}" in screen
