@@ -10,9 +10,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from .client import MewsResponseError
@@ -89,16 +91,63 @@ KEY_COLUMNS = ("id", "service_order_id")  # the primary key and the notes' merge
 
 def to_table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pa.Table:
     """A typed table of `items`: the known columns first, then any field the API added."""
-    arrays: dict[str, pa.Array] = {}
-    for column in columns:
-        values = _values(items, column.paths)
-        if column.always or any(v is not None for v in values):
-            arrays[column.name] = _typed_array(values, column.type, column.name)
+    try:
+        arrays = _known_columns_by_arrow(items, columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        arrays = _known_columns_by_python(items, columns)
     for path, values in _unknown_fields(items, columns).items():
         name = _naming.normalize_path(_naming.make_path(*map(_naming.normalize_identifier, path)))
         if name not in arrays and any(v is not None for v in values):
             arrays[name] = _inferred_array(values)
     return with_keys_required(pa.table(arrays))
+
+
+def _known_columns_by_arrow(
+    items: Sequence[dict[str, Any]], columns: Sequence[Column]
+) -> dict[str, pa.Array]:
+    """The fast path: Arrow converts the items in C++; raises if a value has another type."""
+    raw = pa.Table.from_pylist(list(items), schema=_raw_schema(tuple(columns)))
+    arrays: dict[str, pa.Array] = {}
+    for column in columns:
+        found = [_raw_column(raw, path) for path in column.paths]
+        values = found[0] if len(found) == 1 else pc.coalesce(*found)
+        if column.always or values.null_count < len(values):
+            arrays[column.name] = _typed_array(values, column.type, column.name)
+    return arrays
+
+
+def _known_columns_by_python(
+    items: Sequence[dict[str, Any]], columns: Sequence[Column]
+) -> dict[str, pa.Array]:
+    """The forgiving path, for pages where a field has an unexpected type."""
+    arrays: dict[str, pa.Array] = {}
+    for column in columns:
+        values = _values(items, column.paths)
+        if column.always or any(v is not None for v in values):
+            arrays[column.name] = _typed_array(values, column.type, column.name)
+    return arrays
+
+
+@cache
+def _raw_schema(columns: tuple[Column, ...]) -> pa.Schema:
+    """The API's shape of the known fields: timestamps still text, objects as structs."""
+    top: dict[str, pa.DataType] = {}
+    children: dict[str, dict[str, pa.DataType]] = {}
+    for column in columns:
+        kind = STRING if column.type == TIMESTAMP else column.type
+        for path in column.paths:
+            if len(path) == 1:
+                top[path[0]] = kind
+            else:
+                children.setdefault(path[0], {})[path[1]] = kind
+    for parent, fields in children.items():
+        top[parent] = pa.struct(list(fields.items()))
+    return pa.schema(list(top.items()))
+
+
+def _raw_column(raw: pa.Table, path: tuple[str, ...]) -> pa.Array:
+    values = raw.column(path[0]).combine_chunks()
+    return pc.struct_field(values, path[1]) if len(path) > 1 else values
 
 
 def deletion_markers(order_ids: Sequence[str]) -> pa.Table:
@@ -145,7 +194,8 @@ def _unknown_fields(
     known = {path for column in columns for path in column.paths}
     parents = {path[0] for path in known if len(path) > 1}
     found: dict[tuple[str, ...], list[Any]] = {}
-    for key in set().union(*(item.keys() for item in items)):
+    # Iterating a dict yields its keys: set().union(*items) stays in C, which matters per page.
+    for key in set().union(*items):
         if (key,) in known:
             continue
         values = [item.get(key) for item in items]
@@ -153,7 +203,7 @@ def _unknown_fields(
             any(isinstance(v, dict) for v in values)
             and all(v is None or isinstance(v, dict) for v in values)
         ):
-            children = set().union(*(v.keys() for v in values if isinstance(v, dict)))
+            children = set().union(*[v for v in values if isinstance(v, dict)])
             for child in children - {path[1] for path in known if path[0] == key}:
                 found[(key, child)] = _get_all(values, (child,))
         else:
@@ -161,13 +211,17 @@ def _unknown_fields(
     return found
 
 
-def _typed_array(values: list[Any], type: pa.DataType, name: str) -> pa.Array:
+def _typed_array(values: list[Any] | pa.Array, type: pa.DataType, name: str) -> pa.Array:
     try:
+        if isinstance(values, pa.Array):
+            return values.cast(type)
         if type == TIMESTAMP:
             return pa.array(values, pa.string()).cast(TIMESTAMP)
         return pa.array(values, type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         pass
+    if isinstance(values, pa.Array):
+        values = values.to_pylist()
     if type == TIMESTAMP:
         return pa.array([_parse_timestamp(v, name) for v in values], TIMESTAMP)
     if type == pa.string():
