@@ -16,6 +16,7 @@ from typing import Any
 
 import dlt
 import duckdb
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines.progress import Progress
 from sources.mews import SourceStats, mews_source
@@ -25,6 +26,9 @@ PIPELINE_NAME = "mews_sync"
 DATASET_NAME = "mews"
 DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 TABLES = ("product_service_orders", "service_order_notes", "services")
+# The load's merge would otherwise let DuckDB take most of the machine's memory; past this
+# limit it spills to disk. Insertion order means nothing to a merge.
+DUCKDB_LOAD_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False}
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Run records live beside the DuckDB file, not in it: see record_run().
 RUNS_SUFFIX = ".runs.jsonl"
@@ -112,7 +116,9 @@ def build_pipeline(
 ) -> dlt.Pipeline:
     return dlt.pipeline(
         pipeline_name=pipeline_name,
-        destination=dlt.destinations.duckdb(credentials=database),
+        destination=dlt.destinations.duckdb(
+            credentials=DuckDbCredentials(database, global_config=DUCKDB_LOAD_CONFIG)
+        ),
         dataset_name=DATASET_NAME,
         pipelines_dir=pipelines_dir,
     )
