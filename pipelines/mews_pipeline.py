@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import dlt
 import duckdb
+from dlt.common.pipeline import get_dlt_pipelines_dir
 from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines.progress import Progress
@@ -114,14 +116,27 @@ def duckdb_file() -> str:
 def build_pipeline(
     database: str, pipeline_name: str = PIPELINE_NAME, pipelines_dir: str | None = None
 ) -> dlt.Pipeline:
+    """The dlt pipeline loading into `database`, with a working directory of its own."""
     return dlt.pipeline(
         pipeline_name=pipeline_name,
         destination=dlt.destinations.duckdb(
             credentials=DuckDbCredentials(database, global_config=DUCKDB_LOAD_CONFIG)
         ),
         dataset_name=DATASET_NAME,
-        pipelines_dir=pipelines_dir,
+        pipelines_dir=pipelines_dir or working_dir_for(database),
     )
+
+
+def working_dir_for(database: str) -> str:
+    """dlt's working directory (under DLT_DATA_DIR) for one DuckDB file.
+
+    dlt keys its local state by pipeline name only; two DuckDB files synced on one machine
+    (two hotels, a test copy) must not share it. The pipeline name stays the same, so a new
+    machine still restores the state stored in the file.
+    """
+    path = str(Path(database).expanduser().resolve())
+    digest = hashlib.sha256(path.encode()).hexdigest()[:10]
+    return str(Path(get_dlt_pipelines_dir()) / f"{Path(path).stem}-{digest}")
 
 
 def beside(database: str, suffix: str) -> Path:

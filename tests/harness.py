@@ -20,8 +20,9 @@ class Target:
 
     def __init__(self, sandbox: Sandbox, tmp: Path, **source_args: Any):
         self.sandbox = sandbox
+        tmp.mkdir(parents=True, exist_ok=True)
         self.database = str(tmp / "mews_sync.duckdb")
-        self.workdir = tmp / "dlt"
+        self.workdir: Path | None = tmp / "dlt"
         self.source_args = source_args
 
     def sync(self, kind: str = "run", **overrides: Any) -> RunReport:
@@ -36,7 +37,8 @@ class Target:
             **overrides,
         }
         before = self.sandbox.log.count(status=400)
-        report = sync(kind, database=self.database, pipelines_dir=str(self.workdir), **args)
+        workdir = str(self.workdir) if self.workdir else None
+        report = sync(kind, database=self.database, pipelines_dir=workdir, **args)
         assert self.sandbox.log.count(status=400) == before, (
             "the pipeline sent a request Mews rejects"
         )

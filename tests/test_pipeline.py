@@ -209,3 +209,16 @@ def test_timestamps_and_booleans_are_typed(sandbox, tmp_path):
         assert types[name].startswith("TIMESTAMP"), name
     for name in ("options__owner_checked_in", "options__connector_check_in"):
         assert types[name] == "BOOLEAN", name
+
+
+def test_two_duckdb_files_on_one_machine_keep_their_own_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
+    hotels = [Sandbox.generate(orders=300, seed=seed) for seed in (21, 22)]
+    targets = [Target(hotel, tmp_path / f"hotel{i}") for i, hotel in enumerate(hotels)]
+    for target in targets:
+        target.workdir = None  # the working directory dlt picks for the file
+    for _ in range(2):  # alternate, so that one file's local state could leak into the other
+        for target in targets:
+            target.sync()
+            assert_equals_truth(target)
+    assert len(list((tmp_path / "dlt_data" / "pipelines").iterdir())) == 2
