@@ -17,14 +17,25 @@ def mews_call() -> Iterator[SandboxCall]:
     Client are added unless given; `_path` overrides the URL path, `_raw` sends raw bytes."""
     clients: dict[Sandbox, httpx.Client] = {}
 
-    def call(sandbox: Sandbox, operation: str, *, _path: str | None = None,
-             _raw: bytes | None = None, **fields: Any) -> httpx.Response:
+    def call(
+        sandbox: Sandbox,
+        operation: str,
+        *,
+        _path: str | None = None,
+        _raw: bytes | None = None,
+        **fields: Any,
+    ) -> httpx.Response:
         client = clients.get(sandbox)
         if client is None:
             client = clients[sandbox] = httpx.Client(
-                transport=sandbox.transport(), base_url="http://sandbox")
-        body = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN,
-                "Client": "sandbox-tests 1.0", **fields}
+                transport=sandbox.transport(), base_url="http://sandbox"
+            )
+        body = {
+            "ClientToken": DEMO_CLIENT_TOKEN,
+            "AccessToken": DEMO_ACCESS_TOKEN,
+            "Client": "sandbox-tests 1.0",
+            **fields,
+        }
         path = _path or f"/api/connector/v1/{operation}"
         if _raw is not None:
             return client.post(path, content=_raw)

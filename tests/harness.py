@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,23 @@ from pipelines.mews_pipeline import RunReport, sync
 from sources.mews.settings import DEFAULT_NOTE_TYPES
 
 START_DATE = "2015-01-01"
+
+
+def lagging_sandbox(orders: int, seed: int) -> Sandbox:
+    """A generated sandbox whose changes are stamped 30 s in the past, as a commit that lands
+    late would be; this also keeps a change from sharing its second with the end of the run
+    before it."""
+    sandbox = Sandbox.generate(orders=orders, seed=seed)
+    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
+    return sandbox
+
+
+def one_sentence(stderr: str) -> str:
+    """The single line an expected failure prints; fails on a traceback or several lines."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
 
 
 class Target:

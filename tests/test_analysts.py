@@ -16,7 +16,15 @@ from typing import Any
 
 import duckdb
 import pytest
-from harness import START_DATE, Target, product_service_ids, truth_notes, truth_orders, utc
+from harness import (
+    START_DATE,
+    Target,
+    one_sentence,
+    product_service_ids,
+    truth_notes,
+    truth_orders,
+    utc,
+)
 
 from mews_sandbox import DEMO_ACCESS_TOKEN, Sandbox
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main, recorded_sync
@@ -143,13 +151,6 @@ def test_order_activity_daily_counts_created_updated_cancelled_per_utc_day_and_s
 # -- query -----------------------------------------------------------------------------------
 
 
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_query_prints_a_table_with_unqualified_names(synced, capsys):
     code = main(
         ["query", "--path", synced.database, "select count(*) as orders from orders_current"]
@@ -201,14 +202,14 @@ def test_a_bad_or_writing_query_is_one_sentence_and_exit_2(synced, capsys, sql, 
     code = main(["query", "--path", synced.database, sql])
 
     assert code == EXIT_CONFIG
-    assert words in one_line(capsys.readouterr().err)
+    assert words in one_sentence(capsys.readouterr().err)
     assert synced.rows("select count(*) from mews.orders_current") == before
 
 
 def test_query_without_a_duckdb_file_says_what_to_do(tmp_path, capsys):
     code = main(["query", "--path", str(tmp_path / "none.duckdb"), "select 1"])
     assert code == EXIT_CONFIG
-    assert "run `mews-sync run` first" in one_line(capsys.readouterr().err)
+    assert "run `mews-sync run` first" in one_sentence(capsys.readouterr().err)
     assert not (tmp_path / "none.duckdb").exists()
 
 
@@ -216,7 +217,7 @@ def test_query_waits_its_turn_while_a_run_writes(synced, capsys):
     with exclusive(synced.database):
         code = main(["query", "--path", synced.database, "select 1"])
     assert code == EXIT_BUSY
-    assert "try again" in one_line(capsys.readouterr().err)
+    assert "try again" in one_sentence(capsys.readouterr().err)
 
 
 def test_a_run_does_not_start_while_a_query_reads(synced):
@@ -343,13 +344,13 @@ def test_status_while_a_run_writes_shows_the_records_only(operated, capsys):
 
 def test_status_without_a_duckdb_file_says_what_to_do(tmp_path, capsys):
     assert main(["status", "--path", str(tmp_path / "none.duckdb")]) == EXIT_CONFIG
-    assert "run `mews-sync run` first" in one_line(capsys.readouterr().err)
+    assert "run `mews-sync run` first" in one_sentence(capsys.readouterr().err)
 
 
 def test_a_bad_log_level_in_the_config_is_one_sentence(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MEWS_SYNC__LOG_LEVEL", "LOUD")
     assert main(["status", "--path", str(tmp_path / "none.duckdb")]) == EXIT_CONFIG
-    assert "log level" in one_line(capsys.readouterr().err)
+    assert "log level" in one_sentence(capsys.readouterr().err)
 
 
 def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration():

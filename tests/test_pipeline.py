@@ -6,7 +6,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import Target, assert_equals_truth, product_service_ids, truth_orders
+from harness import Target, assert_equals_truth, lagging_sandbox, product_service_ids, truth_orders
 
 from mews_sandbox import Sandbox
 
@@ -16,11 +16,7 @@ NOTES = "serviceOrderNotes/getAll"
 
 @pytest.fixture
 def sandbox() -> Sandbox:
-    sandbox = Sandbox.generate(orders=3000, seed=11)
-    # Changes are stamped a little in the past, as a commit that lands late would be; this
-    # also keeps a change from sharing its second with the end of the run before it.
-    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
-    return sandbox
+    return lagging_sandbox(orders=3000, seed=11)
 
 
 def watermarks(target: Target) -> dict[str, str]:

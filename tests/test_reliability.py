@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import START_DATE, Target, assert_equals_truth
+from harness import START_DATE, Target, assert_equals_truth, lagging_sandbox, one_sentence
 
 from mews_sandbox import Faults, Sandbox
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, explain
@@ -29,8 +28,7 @@ ACCESS_TOKEN = "AT-SECRET-b42d5e86"
 
 @pytest.fixture
 def sandbox() -> Sandbox:
-    sandbox = Sandbox.generate(orders=2000, seed=5)
-    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
+    sandbox = lagging_sandbox(orders=2000, seed=5)
     sandbox.client_token = CLIENT_TOKEN
     sandbox.add_token(ACCESS_TOKEN)
     return sandbox
@@ -84,13 +82,6 @@ def start_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.Popen[st
 def target_for(sandbox: Sandbox, tmp_path: Path) -> Target:
     """Reads the DuckDB file the CLI wrote, to compare it with the sandbox's truth."""
     return Target(sandbox, tmp_path)
-
-
-def one_sentence(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 # -- rate limit, 429, 5xx, drops, 408 --------------------------------------------------------

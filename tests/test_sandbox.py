@@ -14,8 +14,16 @@ NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 ORDERS = "productServiceOrders/getAll"
 NOTES = "serviceOrderNotes/getAll"
 SERVICES = "services/getAll"
-KNOWN_STATES = {"Inquired", "Enquired", "Confirmed", "Started", "Processed", "Canceled",
-                "Optional", "Requested"}
+KNOWN_STATES = {
+    "Inquired",
+    "Enquired",
+    "Confirmed",
+    "Started",
+    "Processed",
+    "Canceled",
+    "Optional",
+    "Requested",
+}
 
 
 def utc(text: str) -> datetime:
@@ -34,8 +42,9 @@ def product_service_ids(sb: Sandbox) -> list[str]:
     return [s["Id"] for s in sb.services() if s["Data"]["Discriminator"] == "Additional"]
 
 
-def all_pages(call: Any, sb: Sandbox, operation: str, key: str, count: int,
-              **fields: Any) -> list[list[dict[str, Any]]]:
+def all_pages(
+    call: Any, sb: Sandbox, operation: str, key: str, count: int, **fields: Any
+) -> list[list[dict[str, Any]]]:
     """Every page, down to the first empty one (whose Cursor must be null)."""
     pages: list[list[dict[str, Any]]] = []
     cursor = None
@@ -72,6 +81,7 @@ def big() -> Sandbox:
 
 # --- data ----------------------------------------------------------------------------------
 
+
 def test_same_seed_and_size_give_identical_data() -> None:
     first = Sandbox.generate(orders=400, seed=9, now=NOW)
     second = Sandbox.generate(orders=400, seed=9, now=NOW)
@@ -95,13 +105,23 @@ def test_generated_orders_are_plausible(sb: Sandbox) -> None:
         assert start <= utc(order["CreatedUtc"]) <= utc(order["UpdatedUtc"]) <= NOW
         assert order["State"] in KNOWN_STATES
         assert (order["CancelledUtc"] is not None) == (order["State"] == "Canceled")
-        assert set(order["Options"]) == {"OwnerCheckedIn", "AllCompanionsCheckedIn",
-                                         "AnyCompanionCheckedIn", "ConnectorCheckIn"}
+        assert set(order["Options"]) == {
+            "OwnerCheckedIn",
+            "AllCompanionsCheckedIn",
+            "AnyCompanionCheckedIn",
+            "ConnectorCheckIn",
+        }
         assert order["UpdatedUtc"].endswith("Z") and len(order["UpdatedUtc"]) == 20
     states = Counter(o["State"] for o in orders)
     assert states["Enquired"] > 0 and states["Inquired"] > 0 and states["Processed"] > 500
-    for name in ("BookerId", "LinkedReservationId", "VoucherId", "BusinessSegmentId",
-                 "CommanderOrigin", "OriginDetails"):
+    for name in (
+        "BookerId",
+        "LinkedReservationId",
+        "VoucherId",
+        "BusinessSegmentId",
+        "CommanderOrigin",
+        "OriginDetails",
+    ):
         assert any(o[name] for o in orders) and any(o[name] is None for o in orders), name
     assert {o["AccountType"] for o in orders} == {"Customer", "Company"}
 
@@ -132,8 +152,7 @@ def test_notes_average_about_one_and_a_half_per_order(sb: Sandbox) -> None:
     orders = {o["Id"]: o for o in sb.orders()}
     for note in notes:
         assert note["CreatedUtc"] <= orders[note["ServiceOrderId"]]["UpdatedUtc"]
-    assert sb.notes(types=["SpecialRequest"]) == [n for n in notes
-                                                   if n["Type"] == "SpecialRequest"]
+    assert sb.notes(types=["SpecialRequest"]) == [n for n in notes if n["Type"] == "SpecialRequest"]
 
 
 def test_large_data_sets_have_orders_with_more_than_1000_notes(big: Sandbox) -> None:
@@ -152,15 +171,19 @@ def test_a_new_sandbox_has_services_but_no_orders() -> None:
 
 # --- transport-level rules -------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    "/api/connector/v1/productserviceorders/getAll",
-    "/api/connector/v1/productServiceOrders/getAll/",
-    "/api/connector/v1/productServiceOrders/getall",
-    "/api/connector/v2/productServiceOrders/getAll",
-    "/api/connector/v1/reservations/getAll",
-    "/productServiceOrders/getAll",
-    "/",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/connector/v1/productserviceorders/getAll",
+        "/api/connector/v1/productServiceOrders/getAll/",
+        "/api/connector/v1/productServiceOrders/getall",
+        "/api/connector/v2/productServiceOrders/getAll",
+        "/api/connector/v1/reservations/getAll",
+        "/productServiceOrders/getAll",
+        "/",
+    ],
+)
 def test_wrong_paths_are_404_with_a_json_message(sb: Sandbox, mews_call: Any, path: str) -> None:
     sb.log.clear()
     response = mews_call(sb, "", _path=path, Limitation={"Count": 1})
@@ -178,31 +201,41 @@ def test_operations_take_post_only(sb: Sandbox) -> None:
         assert client.get("/api/connector/v1/nothing/here").status_code == 404
 
 
-@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"a": 1', "\xff".encode("latin-1"),
-                                 b"[1, 2]", b'"text"'])
+@pytest.mark.parametrize(
+    "raw", [b"", b"{", b"not json", b'{"a": 1', "\xff".encode("latin-1"), b"[1, 2]", b'"text"']
+)
 def test_a_body_that_is_not_a_json_object_is_400(sb: Sandbox, mews_call: Any, raw: bytes) -> None:
     response = mews_call(sb, SERVICES, _raw=raw)
     assert response.status_code == 400
     assert response.json()["Message"] and response.headers["Request-Id"]
 
 
-@pytest.mark.parametrize(("missing", "changes", "status"), [
-    ("ClientToken", {}, 401),
-    ("", {"ClientToken": "nope"}, 401),
-    ("AccessToken", {}, 401),
-    ("", {"AccessToken": "nope"}, 401),
-    ("", {"AccessToken": ["a", "list"]}, 401),
-    ("Client", {}, 400),
-    ("", {"Client": ""}, 400),
-    ("", {"LanguageCode": "en-US"}, 400),
-    ("", {"CultureCode": "en-US"}, 400),
-    ("", {"LanguageCode": "en-US", "CultureCode": "en-US"}, 200),
-    ("", {"SomethingNew": {"x": 1}, "MaskedAccessToken": "ab…"}, 200),  # ignored
-])
-def test_tokens_client_and_language(sb: Sandbox, mews_call: Any, missing: str,
-                                    changes: dict[str, Any], status: int) -> None:
-    body = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN,
-            "Client": "sandbox-tests 1.0", "Limitation": {"Count": 5}, **changes}
+@pytest.mark.parametrize(
+    ("missing", "changes", "status"),
+    [
+        ("ClientToken", {}, 401),
+        ("", {"ClientToken": "nope"}, 401),
+        ("AccessToken", {}, 401),
+        ("", {"AccessToken": "nope"}, 401),
+        ("", {"AccessToken": ["a", "list"]}, 401),
+        ("Client", {}, 400),
+        ("", {"Client": ""}, 400),
+        ("", {"LanguageCode": "en-US"}, 400),
+        ("", {"CultureCode": "en-US"}, 400),
+        ("", {"LanguageCode": "en-US", "CultureCode": "en-US"}, 200),
+        ("", {"SomethingNew": {"x": 1}, "MaskedAccessToken": "ab…"}, 200),  # ignored
+    ],
+)
+def test_tokens_client_and_language(
+    sb: Sandbox, mews_call: Any, missing: str, changes: dict[str, Any], status: int
+) -> None:
+    body = {
+        "ClientToken": DEMO_CLIENT_TOKEN,
+        "AccessToken": DEMO_ACCESS_TOKEN,
+        "Client": "sandbox-tests 1.0",
+        "Limitation": {"Count": 5},
+        **changes,
+    }
     body.pop(missing, None)
     response = mews_call(sb, SERVICES, _raw=json.dumps(body).encode())
     assert response.status_code == status, response.text
@@ -213,47 +246,71 @@ def test_tokens_client_and_language(sb: Sandbox, mews_call: Any, missing: str,
 
 # --- validation ------------------------------------------------------------------------------
 
+
 def _orders_request(sb: Sandbox) -> dict[str, Any]:
-    return {"ServiceIds": product_service_ids(sb), "Limitation": {"Count": 10},
-            "UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-03-01T00:00:00Z"}}
+    return {
+        "ServiceIds": product_service_ids(sb),
+        "Limitation": {"Count": 10},
+        "UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-03-01T00:00:00Z"},
+    }
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"Limitation": None}, "Limitation"),
-    ({"Limitation": {}}, "Count"),
-    ({"Limitation": {"Count": 0}}, "Count"),
-    ({"Limitation": {"Count": 1001}}, "Count"),
-    ({"Limitation": {"Count": "10"}}, "Count"),
-    ({"Limitation": {"Count": 10.5}}, "Count"),
-    ({"Limitation": {"Count": True}}, "Count"),
-    ({"Limitation": {"Count": 10, "Cursor": "4f8b1f4e-0000-4000-8000-000000000000"}}, "Cursor"),
-    ({"Limitation": {"Count": 10, "Cursor": 5}}, "Cursor"),
-    ({"ServiceIds": None}, "ServiceIds"),
-    ({"ServiceIds": []}, "ServiceIds"),
-    ({"ServiceIds": "one-id"}, "ServiceIds"),
-    ({"ServiceIds": [f"id-{i}" for i in range(1001)]}, "1000"),
-    ({"ProductServiceOrderIds": [f"id-{i}" for i in range(1001)]}, "1000"),
-    ({"EnterpriseIds": [f"id-{i}" for i in range(1001)]}, "1000"),
-    ({"AccountIds": [f"id-{i}" for i in range(1001)]}, "1000"),
-    ({"LinkedReservationIds": [f"id-{i}" for i in range(1001)]}, "1000"),
-    ({"States": [1, 2]}, "States"),
-    ({"UpdatedUtc": None}, "UpdatedUtc"),
-    ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z"}}, "EndUtc"),
-    ({"UpdatedUtc": {"EndUtc": "2025-01-01T00:00:00Z"}}, "StartUtc"),
-    ({"UpdatedUtc": "2025-01-01T00:00:00Z"}, "UpdatedUtc"),
-    ({"UpdatedUtc": {"StartUtc": "yesterday", "EndUtc": "2025-01-01T00:00:00Z"}}, "ISO 8601"),
-    ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00", "EndUtc": "2025-01-02T00:00:00"}}, "UTC"),
-    ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00+02:00",
-                     "EndUtc": "2025-01-02T00:00:00+02:00"}}, "UTC"),
-    ({"UpdatedUtc": {"StartUtc": "2025-02-01T00:00:00Z", "EndUtc": "2025-01-01T00:00:00Z"}},
-     "StartUtc"),
-    ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:01Z"}},
-     "3 months"),
-    ({"UpdatedUtc": {"StartUtc": "2023-01-31T00:00:00Z", "EndUtc": "2023-05-01T00:00:00Z"}},
-     "3 months"),
-])
-def test_orders_get_all_rejects_invalid_requests(sb: Sandbox, mews_call: Any,
-                                                 changes: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"Limitation": None}, "Limitation"),
+        ({"Limitation": {}}, "Count"),
+        ({"Limitation": {"Count": 0}}, "Count"),
+        ({"Limitation": {"Count": 1001}}, "Count"),
+        ({"Limitation": {"Count": "10"}}, "Count"),
+        ({"Limitation": {"Count": 10.5}}, "Count"),
+        ({"Limitation": {"Count": True}}, "Count"),
+        ({"Limitation": {"Count": 10, "Cursor": "4f8b1f4e-0000-4000-8000-000000000000"}}, "Cursor"),
+        ({"Limitation": {"Count": 10, "Cursor": 5}}, "Cursor"),
+        ({"ServiceIds": None}, "ServiceIds"),
+        ({"ServiceIds": []}, "ServiceIds"),
+        ({"ServiceIds": "one-id"}, "ServiceIds"),
+        ({"ServiceIds": [f"id-{i}" for i in range(1001)]}, "1000"),
+        ({"ProductServiceOrderIds": [f"id-{i}" for i in range(1001)]}, "1000"),
+        ({"EnterpriseIds": [f"id-{i}" for i in range(1001)]}, "1000"),
+        ({"AccountIds": [f"id-{i}" for i in range(1001)]}, "1000"),
+        ({"LinkedReservationIds": [f"id-{i}" for i in range(1001)]}, "1000"),
+        ({"States": [1, 2]}, "States"),
+        ({"UpdatedUtc": None}, "UpdatedUtc"),
+        ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z"}}, "EndUtc"),
+        ({"UpdatedUtc": {"EndUtc": "2025-01-01T00:00:00Z"}}, "StartUtc"),
+        ({"UpdatedUtc": "2025-01-01T00:00:00Z"}, "UpdatedUtc"),
+        ({"UpdatedUtc": {"StartUtc": "yesterday", "EndUtc": "2025-01-01T00:00:00Z"}}, "ISO 8601"),
+        (
+            {"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00", "EndUtc": "2025-01-02T00:00:00"}},
+            "UTC",
+        ),
+        (
+            {
+                "UpdatedUtc": {
+                    "StartUtc": "2025-01-01T00:00:00+02:00",
+                    "EndUtc": "2025-01-02T00:00:00+02:00",
+                }
+            },
+            "UTC",
+        ),
+        (
+            {"UpdatedUtc": {"StartUtc": "2025-02-01T00:00:00Z", "EndUtc": "2025-01-01T00:00:00Z"}},
+            "StartUtc",
+        ),
+        (
+            {"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:01Z"}},
+            "3 months",
+        ),
+        (
+            {"UpdatedUtc": {"StartUtc": "2023-01-31T00:00:00Z", "EndUtc": "2023-05-01T00:00:00Z"}},
+            "3 months",
+        ),
+    ],
+)
+def test_orders_get_all_rejects_invalid_requests(
+    sb: Sandbox, mews_call: Any, changes: dict[str, Any], message: str
+) -> None:
     fields = {k: v for k, v in {**_orders_request(sb), **changes}.items() if v is not None}
     response = mews_call(sb, ORDERS, **fields)
     assert response.status_code == 400, response.text
@@ -261,14 +318,18 @@ def test_orders_get_all_rejects_invalid_requests(sb: Sandbox, mews_call: Any,
     assert response.json()["RequestId"] == response.headers["Request-Id"]
 
 
-@pytest.mark.parametrize("interval", [
-    {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:00Z"},  # exactly 3 months
-    {"StartUtc": "2023-01-31T00:00:00Z", "EndUtc": "2023-04-30T00:00:00Z"},  # day clamped
-    {"StartUtc": "2025-01-01T00:00:00.5Z", "EndUtc": "2025-01-01T00:00:00.5Z"},
-    {"StartUtc": "2025-01-01T00:00:00+00:00", "EndUtc": "2025-01-02T00:00:00.1234567Z"},
-])
+@pytest.mark.parametrize(
+    "interval",
+    [
+        {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:00Z"},  # exactly 3 months
+        {"StartUtc": "2023-01-31T00:00:00Z", "EndUtc": "2023-04-30T00:00:00Z"},  # day clamped
+        {"StartUtc": "2025-01-01T00:00:00.5Z", "EndUtc": "2025-01-01T00:00:00.5Z"},
+        {"StartUtc": "2025-01-01T00:00:00+00:00", "EndUtc": "2025-01-02T00:00:00.1234567Z"},
+    ],
+)
 def test_orders_get_all_accepts_intervals_up_to_three_calendar_months(
-        sb: Sandbox, mews_call: Any, interval: dict[str, str]) -> None:
+    sb: Sandbox, mews_call: Any, interval: dict[str, str]
+) -> None:
     response = mews_call(sb, ORDERS, **{**_orders_request(sb), "UpdatedUtc": interval})
     assert response.status_code == 200, response.text
 
@@ -283,24 +344,54 @@ def test_updated_utc_may_be_optional(mews_call: Any) -> None:
     assert response.status_code == 200 and len(response.json()["ProductServiceOrders"]) == 10
 
 
-@pytest.mark.parametrize(("operation", "fields", "message"), [
-    (NOTES, {"Limitation": {"Count": 5}}, "ServiceOrderIds"),
-    (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": []}, "ServiceOrderIds"),
-    (NOTES, {"ServiceOrderIds": ["x"]}, "Limitation"),
-    (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": ["x"] * 1001}, "1000"),
-    (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": ["x"],
-             "ServiceOrderNoteIds": ["y"] * 1001}, "1000"),
-    (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": ["x"], "UpdatedUtc": {
-        "StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-06-01T00:00:00Z"}}, "3 months"),
-    (NOTES, {"Limitation": {"Count": 5, "Cursor": "nope"}, "ServiceOrderIds": ["x"]}, "Cursor"),
-    (SERVICES, {}, "Limitation"),
-    (SERVICES, {"Limitation": {"Count": 1001}}, "Count"),
-    (SERVICES, {"Limitation": {"Count": 5}, "UpdatedUtc": {
-        "StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-06-01T00:00:00Z"}}, "3 months"),
-    (SERVICES, {"Limitation": {"Count": 5, "Cursor": "nope"}}, "Cursor"),
-])
-def test_notes_and_services_reject_invalid_requests(sb: Sandbox, mews_call: Any, operation: str,
-                                                    fields: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("operation", "fields", "message"),
+    [
+        (NOTES, {"Limitation": {"Count": 5}}, "ServiceOrderIds"),
+        (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": []}, "ServiceOrderIds"),
+        (NOTES, {"ServiceOrderIds": ["x"]}, "Limitation"),
+        (NOTES, {"Limitation": {"Count": 5}, "ServiceOrderIds": ["x"] * 1001}, "1000"),
+        (
+            NOTES,
+            {
+                "Limitation": {"Count": 5},
+                "ServiceOrderIds": ["x"],
+                "ServiceOrderNoteIds": ["y"] * 1001,
+            },
+            "1000",
+        ),
+        (
+            NOTES,
+            {
+                "Limitation": {"Count": 5},
+                "ServiceOrderIds": ["x"],
+                "UpdatedUtc": {
+                    "StartUtc": "2025-01-01T00:00:00Z",
+                    "EndUtc": "2025-06-01T00:00:00Z",
+                },
+            },
+            "3 months",
+        ),
+        (NOTES, {"Limitation": {"Count": 5, "Cursor": "nope"}, "ServiceOrderIds": ["x"]}, "Cursor"),
+        (SERVICES, {}, "Limitation"),
+        (SERVICES, {"Limitation": {"Count": 1001}}, "Count"),
+        (
+            SERVICES,
+            {
+                "Limitation": {"Count": 5},
+                "UpdatedUtc": {
+                    "StartUtc": "2025-01-01T00:00:00Z",
+                    "EndUtc": "2025-06-01T00:00:00Z",
+                },
+            },
+            "3 months",
+        ),
+        (SERVICES, {"Limitation": {"Count": 5, "Cursor": "nope"}}, "Cursor"),
+    ],
+)
+def test_notes_and_services_reject_invalid_requests(
+    sb: Sandbox, mews_call: Any, operation: str, fields: dict[str, Any], message: str
+) -> None:
     response = mews_call(sb, operation, **fields)
     assert response.status_code == 400
     assert message in response.json()["Message"]
@@ -308,10 +399,18 @@ def test_notes_and_services_reject_invalid_requests(sb: Sandbox, mews_call: Any,
 
 # --- pagination ------------------------------------------------------------------------------
 
+
 def test_pages_run_newest_to_oldest_by_creation_not_by_update(sb: Sandbox, mews_call: Any) -> None:
     start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)
-    pages = all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 37,
-                      ServiceIds=product_service_ids(sb), UpdatedUtc=window(start, end))
+    pages = all_pages(
+        mews_call,
+        sb,
+        ORDERS,
+        "ProductServiceOrders",
+        37,
+        ServiceIds=product_service_ids(sb),
+        UpdatedUtc=window(start, end),
+    )
     got = flat(pages)
     truth = [o for o in sb.orders() if start <= utc(o["UpdatedUtc"]) < end]
     assert len(truth) > 100
@@ -322,8 +421,9 @@ def test_pages_run_newest_to_oldest_by_creation_not_by_update(sb: Sandbox, mews_
     assert updated != sorted(updated, reverse=True)  # not UpdatedUtc order
 
 
-def test_unknown_cursor_is_400_even_if_it_is_another_kind_of_id(sb: Sandbox,
-                                                                 mews_call: Any) -> None:
+def test_unknown_cursor_is_400_even_if_it_is_another_kind_of_id(
+    sb: Sandbox, mews_call: Any
+) -> None:
     note_id = sb.notes()[0]["Id"]
     request = {**_orders_request(sb), "Limitation": {"Count": 5, "Cursor": note_id}}
     response = mews_call(sb, ORDERS, **request)
@@ -331,12 +431,15 @@ def test_unknown_cursor_is_400_even_if_it_is_another_kind_of_id(sb: Sandbox,
 
 
 def test_paging_goes_on_where_it_was_while_data_changes(mews_call: Any) -> None:
-    sb = Sandbox.generate(orders=200, seed=3, now=NOW,
-                          config=SandboxConfig(updated_utc_required=False))
+    sb = Sandbox.generate(
+        orders=200, seed=3, now=NOW, config=SandboxConfig(updated_utc_required=False)
+    )
     sb.clock = lambda: NOW
     request = {"ServiceIds": product_service_ids(sb)}
-    before = [o["Id"] for o in flat(all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 10,
-                                              **request))]
+    before = [
+        o["Id"]
+        for o in flat(all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 10, **request))
+    ]
     assert len(before) == 200
     first = mews_call(sb, ORDERS, Limitation={"Count": 10}, **request).json()
     assert [o["Id"] for o in first["ProductServiceOrders"]] == before[:10]
@@ -346,28 +449,31 @@ def test_paging_goes_on_where_it_was_while_data_changes(mews_call: Any) -> None:
     sb.update_order(before[150], State="Started")
     new_id = sb.add_order(request["ServiceIds"][0])
 
-    second = mews_call(sb, ORDERS, Limitation={"Count": 10, "Cursor": first["Cursor"]},
-                       **request).json()
+    second = mews_call(
+        sb, ORDERS, Limitation={"Count": 10, "Cursor": first["Cursor"]}, **request
+    ).json()
     assert [o["Id"] for o in second["ProductServiceOrders"]] == before[10:20]
     newest = mews_call(sb, ORDERS, Limitation={"Count": 1}, **request).json()
     assert newest["ProductServiceOrders"][0]["Id"] == new_id
 
 
 def test_a_cursor_item_that_left_the_filter_still_works(mews_call: Any) -> None:
-    sb = Sandbox.generate(orders=400, seed=4, now=NOW,
-                          config=SandboxConfig(updated_utc_required=False))
+    sb = Sandbox.generate(
+        orders=400, seed=4, now=NOW, config=SandboxConfig(updated_utc_required=False)
+    )
     request = {"ServiceIds": product_service_ids(sb), "States": ["Processed"]}
     baseline = flat(all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 5, **request))
     first = mews_call(sb, ORDERS, Limitation={"Count": 5}, **request).json()
     sb.update_order(first["Cursor"], State="Canceled")
-    second = mews_call(sb, ORDERS, Limitation={"Count": 5, "Cursor": first["Cursor"]},
-                       **request).json()
-    assert [o["Id"] for o in second["ProductServiceOrders"]] == [
-        o["Id"] for o in baseline[5:10]]
+    second = mews_call(
+        sb, ORDERS, Limitation={"Count": 5, "Cursor": first["Cursor"]}, **request
+    ).json()
+    assert [o["Id"] for o in second["ProductServiceOrders"]] == [o["Id"] for o in baseline[5:10]]
 
 
-def test_an_empty_page_has_a_null_cursor_and_a_short_page_a_cursor(sb: Sandbox,
-                                                                   mews_call: Any) -> None:
+def test_an_empty_page_has_a_null_cursor_and_a_short_page_a_cursor(
+    sb: Sandbox, mews_call: Any
+) -> None:
     order = next(o for o in sb.orders() if o["UpdatedUtc"].startswith("2025-02"))
     request = {**_orders_request(sb), "ProductServiceOrderIds": [order["Id"]]}
     body = mews_call(sb, ORDERS, **request).json()
@@ -378,6 +484,7 @@ def test_an_empty_page_has_a_null_cursor_and_a_short_page_a_cursor(sb: Sandbox,
 
 
 # --- intervals -------------------------------------------------------------------------------
+
 
 def _biggest_cluster(sb: Sandbox) -> datetime:
     stamp, _ = Counter(o["UpdatedUtc"] for o in sb.orders()).most_common(1)[0]
@@ -394,8 +501,15 @@ def test_window_edges(semantics: str, mews_call: Any) -> None:
     services = product_service_ids(sb)
 
     def ids(start: datetime, end: datetime) -> set[str]:
-        pages = all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 1000,
-                          ServiceIds=services, UpdatedUtc=window(start, end))
+        pages = all_pages(
+            mews_call,
+            sb,
+            ORDERS,
+            "ProductServiceOrders",
+            1000,
+            ServiceIds=services,
+            UpdatedUtc=window(start, end),
+        )
         return {o["Id"] for o in flat(pages)}
 
     def truth(start: datetime, end: datetime) -> set[str]:
@@ -403,6 +517,7 @@ def test_window_edges(semantics: str, mews_call: Any) -> None:
             if semantics == "inclusive" or start == end:
                 return start <= t <= end
             return start <= t < end
+
         return {o["Id"] for o in sb.orders() if inside(utc(o["UpdatedUtc"]))}
 
     before, after = ids(edge - timedelta(days=40), edge), ids(edge, edge + timedelta(days=40))
@@ -419,6 +534,7 @@ def test_window_edges(semantics: str, mews_call: Any) -> None:
 
 
 # --- filters ---------------------------------------------------------------------------------
+
 
 def _ids(call: Any, sb: Sandbox, **fields: Any) -> list[str]:
     pages = all_pages(call, sb, ORDERS, "ProductServiceOrders", 1000, **fields)
@@ -437,33 +553,40 @@ def test_orders_filters(sb: Sandbox, mews_call: Any) -> None:
     assert _ids(mews_call, sb, **base) == expect(lambda o: True)
     one_service = base["ServiceIds"][1]
     assert _ids(mews_call, sb, **{**base, "ServiceIds": [one_service]}) == expect(
-        lambda o: o["ServiceId"] == one_service)
+        lambda o: o["ServiceId"] == one_service
+    )
     assert _ids(mews_call, sb, **base, States=["Canceled", "Enquired"]) == expect(
-        lambda o: o["State"] in ("Canceled", "Enquired"))
+        lambda o: o["State"] in ("Canceled", "Enquired")
+    )
     accounts = [o["AccountId"] for o in in_window[:5]]
     assert _ids(mews_call, sb, **base, AccountIds=accounts) == expect(
-        lambda o: o["AccountId"] in accounts)
+        lambda o: o["AccountId"] in accounts
+    )
     linked = [o["LinkedReservationId"] for o in in_window if o["LinkedReservationId"]][:4]
     assert linked
     assert _ids(mews_call, sb, **base, LinkedReservationIds=linked) == expect(
-        lambda o: o["LinkedReservationId"] in linked)
+        lambda o: o["LinkedReservationId"] in linked
+    )
     wanted = [o["Id"] for o in in_window[::7]] + [sb.orders()[0]["Id"], "not-an-order"]
     assert _ids(mews_call, sb, **base, ProductServiceOrderIds=wanted) == expect(
-        lambda o: o["Id"] in wanted)  # the window applies too
+        lambda o: o["Id"] in wanted
+    )  # the window applies too
     bookable = [s["Id"] for s in sb.services() if s["Data"]["Discriminator"] == "Bookable"]
     assert _ids(mews_call, sb, **{**base, "ServiceIds": bookable}) == []
 
 
 def test_portfolio_tokens_and_enterprise_ids(mews_call: Any) -> None:
-    sb = Sandbox.generate(orders=600, seed=8, now=NOW,
-                          config=SandboxConfig(updated_utc_required=False))
+    sb = Sandbox.generate(
+        orders=600, seed=8, now=NOW, config=SandboxConfig(updated_utc_required=False)
+    )
     first, second, _ = (e["Id"] for e in sb.enterprises())
     enterprise_of = {s["Id"]: s["EnterpriseId"] for s in sb.services()}
     services = product_service_ids(sb)
 
     def truth(enterprises: set[str]) -> list[str]:
-        return [o["Id"] for o in reversed(sb.orders())
-                if enterprise_of[o["ServiceId"]] in enterprises]
+        return [
+            o["Id"] for o in reversed(sb.orders()) if enterprise_of[o["ServiceId"]] in enterprises
+        ]
 
     everything = _ids(mews_call, sb, ServiceIds=services)
     assert everything == truth({e["Id"] for e in sb.enterprises()})
@@ -472,22 +595,32 @@ def test_portfolio_tokens_and_enterprise_ids(mews_call: Any) -> None:
     sb.add_token("TOKEN-FIRST", [first])
     sb.add_token("TOKEN-TWO", [first, second])
     assert _ids(mews_call, sb, ServiceIds=services, AccessToken="TOKEN-FIRST") == truth({first})
-    assert _ids(mews_call, sb, ServiceIds=services, AccessToken="TOKEN-FIRST",
-                EnterpriseIds=[second]) == []
+    assert (
+        _ids(mews_call, sb, ServiceIds=services, AccessToken="TOKEN-FIRST", EnterpriseIds=[second])
+        == []
+    )
     assert _ids(mews_call, sb, ServiceIds=services, AccessToken="TOKEN-TWO") == truth(
-        {first, second})
-    assert _ids(mews_call, sb, ServiceIds=services, AccessToken="TOKEN-TWO",
-                EnterpriseIds=[second]) == truth({second})
+        {first, second}
+    )
+    assert _ids(
+        mews_call, sb, ServiceIds=services, AccessToken="TOKEN-TWO", EnterpriseIds=[second]
+    ) == truth({second})
     seen = mews_call(sb, SERVICES, AccessToken="TOKEN-FIRST", Limitation={"Count": 100}).json()
     assert {s["EnterpriseId"] for s in seen["Services"]} == {first}
     order = truth({second})[0]
-    notes = mews_call(sb, NOTES, AccessToken="TOKEN-FIRST", ServiceOrderIds=[order],
-                      Limitation={"Count": 100}, Types=["General", "ChannelManager",
-                                                        "SpecialRequest"]).json()
+    notes = mews_call(
+        sb,
+        NOTES,
+        AccessToken="TOKEN-FIRST",
+        ServiceOrderIds=[order],
+        Limitation={"Count": 100},
+        Types=["General", "ChannelManager", "SpecialRequest"],
+    ).json()
     assert notes["ServiceOrderNotes"] == []
 
 
 # --- notes -----------------------------------------------------------------------------------
+
 
 def _orders_with_notes(sb: Sandbox, minimum: int) -> list[str]:
     per_order = Counter(n["ServiceOrderId"] for n in sb.notes())
@@ -500,8 +633,9 @@ def test_notes_default_types_and_shapes(mews_call: Any) -> None:
     every_type = ["General", "ChannelManager", "SpecialRequest"]
 
     def notes(**fields: Any) -> list[dict[str, Any]]:
-        pages = all_pages(mews_call, sb, NOTES, "ServiceOrderNotes", 1000,
-                          ServiceOrderIds=order_ids, **fields)
+        pages = all_pages(
+            mews_call, sb, NOTES, "ServiceOrderNotes", 1000, ServiceOrderIds=order_ids, **fields
+        )
         return flat(pages)
 
     truth = [n for n in reversed(sb.notes()) if n["ServiceOrderId"] in set(order_ids)]
@@ -512,10 +646,12 @@ def test_notes_default_types_and_shapes(mews_call: Any) -> None:
 
     sb.config.note_shape = "current"
     current = notes(Types=every_type)
-    assert all(set(n) == {"Id", "OrderId", "Text", "Type", "CreatedUtc", "UpdatedUtc"}
-               for n in current)
+    assert all(
+        set(n) == {"Id", "OrderId", "Text", "Type", "CreatedUtc", "UpdatedUtc"} for n in current
+    )
     assert [(n["Id"], n["OrderId"]) for n in current] == [
-        (n["Id"], n["ServiceOrderId"]) for n in truth]
+        (n["Id"], n["ServiceOrderId"]) for n in truth
+    ]
     assert current == [n for n in reversed(sb.notes()) if n["OrderId"] in set(order_ids)]
 
     picked = [n["Id"] for n in truth[::5]]
@@ -525,19 +661,20 @@ def test_notes_default_types_and_shapes(mews_call: Any) -> None:
     stamp = utc(edited[0]["UpdatedUtc"])
     exact = notes(Types=every_type, UpdatedUtc=window(stamp, stamp))
     assert edited[0] in exact and all(n["UpdatedUtc"] == edited[0]["UpdatedUtc"] for n in exact)
-    enterprise = next(s["EnterpriseId"] for s in sb.services()
-                      if s["Id"] == sb.orders()[0]["ServiceId"])
+    enterprise = next(
+        s["EnterpriseId"] for s in sb.services() if s["Id"] == sb.orders()[0]["ServiceId"]
+    )
     services = {s["Id"] for s in sb.services() if s["EnterpriseId"] == enterprise}
     in_enterprise = {o["Id"] for o in sb.orders() if o["ServiceId"] in services}
     assert notes(Types=every_type, EnterpriseIds=[enterprise]) == [
-        n for n in current if n["OrderId"] in in_enterprise]
+        n for n in current if n["OrderId"] in in_enterprise
+    ]
 
 
 def test_more_than_1000_notes_of_one_order_come_in_pages(big: Sandbox, mews_call: Any) -> None:
     order_id = _orders_with_notes(big, 1001)[0]
     truth = [n for n in reversed(big.notes()) if n["ServiceOrderId"] == order_id]
-    pages = all_pages(mews_call, big, NOTES, "ServiceOrderNotes", 1000,
-                      ServiceOrderIds=[order_id])
+    pages = all_pages(mews_call, big, NOTES, "ServiceOrderNotes", 1000, ServiceOrderIds=[order_id])
     assert [len(p) for p in pages][0] == 1000 and len(pages) >= 3
     assert flat(pages) == [n for n in truth if n["Type"] != "SpecialRequest"]
 
@@ -545,17 +682,21 @@ def test_more_than_1000_notes_of_one_order_come_in_pages(big: Sandbox, mews_call
 def test_a_deleted_note_still_works_as_a_cursor(mews_call: Any) -> None:
     sb = Sandbox.generate(orders=300, seed=12, now=NOW)
     order_id = _orders_with_notes(sb, 4)[0]
-    request = {"ServiceOrderIds": [order_id], "Types": ["General", "ChannelManager",
-                                                        "SpecialRequest"]}
+    request = {
+        "ServiceOrderIds": [order_id],
+        "Types": ["General", "ChannelManager", "SpecialRequest"],
+    }
     baseline = flat(all_pages(mews_call, sb, NOTES, "ServiceOrderNotes", 1, **request))
     first = mews_call(sb, NOTES, Limitation={"Count": 1}, **request).json()
     sb.delete_note(first["Cursor"])
-    second = mews_call(sb, NOTES, Limitation={"Count": 2, "Cursor": first["Cursor"]},
-                       **request).json()
+    second = mews_call(
+        sb, NOTES, Limitation={"Count": 2, "Cursor": first["Cursor"]}, **request
+    ).json()
     assert second["ServiceOrderNotes"] == baseline[1:3]
 
 
 # --- services --------------------------------------------------------------------------------
+
 
 def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
     sb = Sandbox.generate(orders=10, seed=1, now=NOW)
@@ -563,8 +704,16 @@ def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
     got = flat(pages)
     assert got == list(reversed(sb.services())) and len(got) == 18
     for service in got:
-        assert {"Id", "EnterpriseId", "IsActive", "Name", "Names", "CreatedUtc", "UpdatedUtc",
-                "Data"} == set(service)
+        assert {
+            "Id",
+            "EnterpriseId",
+            "IsActive",
+            "Name",
+            "Names",
+            "CreatedUtc",
+            "UpdatedUtc",
+            "Data",
+        } == set(service)
         assert service["Data"]["Discriminator"] in ("Additional", "Bookable")
     enterprise = got[0]["EnterpriseId"]
     mine = mews_call(sb, SERVICES, Limitation={"Count": 100}, EnterpriseIds=[enterprise]).json()
@@ -573,12 +722,14 @@ def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
     one = mews_call(sb, SERVICES, Limitation={"Count": 100}, ServiceIds=[got[3]["Id"]]).json()
     assert one["Services"] == [got[3]]
     stamp = utc(got[5]["UpdatedUtc"])
-    by_time = mews_call(sb, SERVICES, Limitation={"Count": 100},
-                        UpdatedUtc=window(stamp, stamp)).json()
+    by_time = mews_call(
+        sb, SERVICES, Limitation={"Count": 100}, UpdatedUtc=window(stamp, stamp)
+    ).json()
     assert got[5] in by_time["Services"]
 
     sb.config.service_shape = "legacy"
     legacy = flat(all_pages(mews_call, sb, SERVICES, "Services", 100))
     assert all("Data" not in s for s in legacy)
     assert [s["Type"] for s in legacy] == [
-        "Reservable" if s["Data"]["Discriminator"] == "Bookable" else "Orderable" for s in got]
+        "Reservable" if s["Data"]["Discriminator"] == "Bookable" else "Orderable" for s in got
+    ]

@@ -29,6 +29,7 @@ LIMIT = {"Count": 5}
 
 # --- rate limit ------------------------------------------------------------------------------
 
+
 def test_over_the_rate_limit_is_429_with_retry_after_per_access_token(mews_call: Any) -> None:
     sb = Sandbox(config=SandboxConfig(rate_limit=(3, 30.0)))
     sb.add_token("OTHER-TOKEN")
@@ -61,11 +62,15 @@ def test_refused_requests_take_no_slot_in_the_window(mews_call: Any) -> None:
 
 # --- faults ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("faults", "status"), [
-    (Faults(error_500=1.0), 500),
-    (Faults(error_408=1.0), 408),
-    (Faults(error_429=1.0), 429),
-])
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        (Faults(error_500=1.0), 500),
+        (Faults(error_408=1.0), 408),
+        (Faults(error_429=1.0), 429),
+    ],
+)
 def test_injected_errors(mews_call: Any, faults: Faults, status: int) -> None:
     sb = Sandbox(config=SandboxConfig(faults=faults))
     response = mews_call(sb, SERVICES, Limitation=LIMIT)
@@ -118,10 +123,12 @@ def test_an_invalid_limitation_is_a_400_before_it_is_heavy(mews_call: Any) -> No
 def test_an_unexpected_sandbox_error_is_a_500_with_details(mews_call: Any) -> None:
     sb = Sandbox()
     sb.clock = lambda: datetime(2026, 1, 1)  # naive: the sandbox cannot use it
-    target = next(s for s in sb.services()
-                  if s["Data"]["Discriminator"] == "Additional" and s["IsActive"])
-    response = mews_call(sb, "orders/add", EnterpriseId=target["EnterpriseId"],
-                         ServiceId=target["Id"], AccountId="a")
+    target = next(
+        s for s in sb.services() if s["Data"]["Discriminator"] == "Additional" and s["IsActive"]
+    )
+    response = mews_call(
+        sb, "orders/add", EnterpriseId=target["EnterpriseId"], ServiceId=target["Id"], AccountId="a"
+    )
     assert response.status_code == 500
     assert response.json()["Message"] == "Unexpected error."
     assert "timezone-aware" in response.json()["Details"]
@@ -155,6 +162,7 @@ def test_faults_are_reproducible_from_their_seed(mews_call: Any) -> None:
 
 # --- request log -----------------------------------------------------------------------------
 
+
 def test_the_log_keeps_every_request_without_tokens(mews_call: Any) -> None:
     sb = Sandbox()
     started = time.time()
@@ -164,9 +172,17 @@ def test_the_log_keeps_every_request_without_tokens(mews_call: Any) -> None:
     mews_call(sb, "", _path="/api/connector/v1/nothing")
     entries = sb.log.entries
     assert [(e.operation, e.status) for e in entries] == [
-        (SERVICES, 200), (SERVICES, 400), (SERVICES, 401), ("/api/connector/v1/nothing", 404)]
-    assert entries[0].body == {"ClientToken": "***", "AccessToken": "***",
-                               "Client": "sandbox-tests 1.0", "Limitation": LIMIT}
+        (SERVICES, 200),
+        (SERVICES, 400),
+        (SERVICES, 401),
+        ("/api/connector/v1/nothing", 404),
+    ]
+    assert entries[0].body == {
+        "ClientToken": "***",
+        "AccessToken": "***",
+        "Client": "sandbox-tests 1.0",
+        "Limitation": LIMIT,
+    }
     assert all(started <= e.at <= time.time() for e in entries)
     logged = repr(entries)
     for secret in (DEMO_CLIENT_TOKEN, DEMO_ACCESS_TOKEN, "a-secret-that-is-wrong"):
@@ -178,6 +194,7 @@ def test_the_log_keeps_every_request_without_tokens(mews_call: Any) -> None:
 
 
 # --- concurrency -----------------------------------------------------------------------------
+
 
 def test_concurrent_reads_and_writes_stay_consistent() -> None:
     sb = Sandbox.generate(orders=500, seed=3)
@@ -193,13 +210,25 @@ def test_concurrent_reads_and_writes_stay_consistent() -> None:
         with httpx.Client(transport=sb.transport(), base_url="http://sandbox") as client:
             for i in range(20):
                 if i % 2:
-                    response = client.post("/api/connector/v1/serviceOrderNotes/add", json={
-                        **auth, "ServiceOrderNotes": [
-                            {"ServiceOrderId": order_ids[worker * 20 + i], "Text": "t"}]})
+                    response = client.post(
+                        "/api/connector/v1/serviceOrderNotes/add",
+                        json={
+                            **auth,
+                            "ServiceOrderNotes": [
+                                {"ServiceOrderId": order_ids[worker * 20 + i], "Text": "t"}
+                            ],
+                        },
+                    )
                 else:
-                    response = client.post("/api/connector/v1/productServiceOrders/getAll", json={
-                        **auth, "ServiceIds": services, "UpdatedUtc": window,
-                        "Limitation": {"Count": 50}})
+                    response = client.post(
+                        "/api/connector/v1/productServiceOrders/getAll",
+                        json={
+                            **auth,
+                            "ServiceIds": services,
+                            "UpdatedUtc": window,
+                            "Limitation": {"Count": 50},
+                        },
+                    )
                 with lock:
                     statuses.append(response.status_code)
 
@@ -215,47 +244,79 @@ def test_concurrent_reads_and_writes_stay_consistent() -> None:
 
 # --- the real HTTP server ----------------------------------------------------------------------
 
+
 def test_round_trip_over_loopback_http() -> None:
     sb = Sandbox.generate(orders=100, seed=4)
     auth = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN, "Client": "t"}
-    target = next(s for s in sb.services()
-                  if s["Data"]["Discriminator"] == "Additional" and s["IsActive"])
+    target = next(
+        s for s in sb.services() if s["Data"]["Discriminator"] == "Additional" and s["IsActive"]
+    )
     with sb.serve() as url, httpx.Client(base_url=url) as client:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
 
         def post(operation: str, **fields: Any) -> httpx.Response:
             return client.post(f"/api/connector/v1/{operation}", json={**auth, **fields})
 
-        added = post("orders/add", EnterpriseId=target["EnterpriseId"], ServiceId=target["Id"],
-                     AccountId="acc-1", Notes="First note")
+        added = post(
+            "orders/add",
+            EnterpriseId=target["EnterpriseId"],
+            ServiceId=target["Id"],
+            AccountId="acc-1",
+            Notes="First note",
+        )
         assert added.status_code == 200 and added.http_version == "HTTP/1.1"
         assert added.headers.get("Connection", "keep-alive") != "close"
         order_id = added.json()["OrderId"]
-        note = post("serviceOrderNotes/add", ServiceOrderNotes=[
-            {"ServiceOrderId": order_id, "Text": "Second note"}]).json()["ServiceOrderNotes"][0]
+        note = post(
+            "serviceOrderNotes/add",
+            ServiceOrderNotes=[{"ServiceOrderId": order_id, "Text": "Second note"}],
+        ).json()["ServiceOrderNotes"][0]
         first = post(NOTES, ServiceOrderIds=[order_id], Limitation={"Count": 10}).json()
         assert [n["Text"] for n in first["ServiceOrderNotes"]] == ["Second note", "First note"]
-        assert post("serviceOrderNotes/update", ServiceOrderNoteUpdates=[
-            {"Id": note["Id"], "Text": {"Value": "Second, edited"}}]).status_code == 200
-        assert post("serviceOrderNotes/update", ServiceOrderNoteUpdates=[
-            {"ServiceOrderNoteId": first["Cursor"], "Text": "First, edited"}]).status_code == 200
+        assert (
+            post(
+                "serviceOrderNotes/update",
+                ServiceOrderNoteUpdates=[{"Id": note["Id"], "Text": {"Value": "Second, edited"}}],
+            ).status_code
+            == 200
+        )
+        assert (
+            post(
+                "serviceOrderNotes/update",
+                ServiceOrderNoteUpdates=[
+                    {"ServiceOrderNoteId": first["Cursor"], "Text": "First, edited"}
+                ],
+            ).status_code
+            == 200
+        )
         edited = post(NOTES, ServiceOrderIds=[order_id], Limitation={"Count": 10}).json()
-        assert [n["Text"] for n in edited["ServiceOrderNotes"]] == ["Second, edited",
-                                                                    "First, edited"]
+        assert [n["Text"] for n in edited["ServiceOrderNotes"]] == [
+            "Second, edited",
+            "First, edited",
+        ]
         assert post("serviceOrderNotes/delete", ServiceOrderNoteIds=[note["Id"]]).json() == {}
         remaining = post(NOTES, ServiceOrderIds=[order_id], Limitation={"Count": 10}).json()
         assert [n["Text"] for n in remaining["ServiceOrderNotes"]] == ["First, edited"]
-        orders = post("productServiceOrders/getAll", ServiceIds=[target["Id"]],
-                      ProductServiceOrderIds=[order_id], Limitation={"Count": 1},
-                      UpdatedUtc={"StartUtc": "2000-01-01T00:00:00Z",
-                                  "EndUtc": "2000-01-01T00:00:00Z"}).json()
+        orders = post(
+            "productServiceOrders/getAll",
+            ServiceIds=[target["Id"]],
+            ProductServiceOrderIds=[order_id],
+            Limitation={"Count": 1},
+            UpdatedUtc={"StartUtc": "2000-01-01T00:00:00Z", "EndUtc": "2000-01-01T00:00:00Z"},
+        ).json()
         assert orders == {"ProductServiceOrders": [], "Cursor": None}
         [truth] = [o for o in sb.orders() if o["Id"] == order_id]
         shown = datetime.fromisoformat(truth["UpdatedUtc"])  # whole seconds of a precise time
-        orders = post("productServiceOrders/getAll", ServiceIds=[target["Id"]],
-                      ProductServiceOrderIds=[order_id], Limitation={"Count": 1},
-                      UpdatedUtc={"StartUtc": truth["UpdatedUtc"],
-                                  "EndUtc": (shown + timedelta(seconds=1)).isoformat()}).json()
+        orders = post(
+            "productServiceOrders/getAll",
+            ServiceIds=[target["Id"]],
+            ProductServiceOrderIds=[order_id],
+            Limitation={"Count": 1},
+            UpdatedUtc={
+                "StartUtc": truth["UpdatedUtc"],
+                "EndUtc": (shown + timedelta(seconds=1)).isoformat(),
+            },
+        ).json()
         assert orders == {"ProductServiceOrders": [truth], "Cursor": order_id}
 
         assert client.post("/api/connector/v1/Services/getAll", json=auth).status_code == 404
@@ -270,8 +331,12 @@ def test_round_trip_over_loopback_http() -> None:
 
 def test_loopback_drops_and_malformed_bodies() -> None:
     sb = Sandbox(config=SandboxConfig(faults=Faults(drop=1.0)))
-    body = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN, "Client": "t",
-            "Limitation": LIMIT}
+    body = {
+        "ClientToken": DEMO_CLIENT_TOKEN,
+        "AccessToken": DEMO_ACCESS_TOKEN,
+        "Client": "t",
+        "Limitation": LIMIT,
+    }
     with sb.serve() as url, httpx.Client(base_url=url) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             client.post("/api/connector/v1/services/getAll", json=body)
@@ -285,11 +350,17 @@ def test_loopback_drops_and_malformed_bodies() -> None:
 
 
 def test_the_cli_serves_with_custom_tokens_it_never_prints() -> None:
-    code = ("from mews_sandbox.server import run_cli; "
-            "run_cli(0, 50, 3, 'client-secret-x', 'access-secret-y')")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "from mews_sandbox.server import run_cli; "
+        "run_cli(0, 50, 3, 'client-secret-x', 'access-secret-y')"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -297,8 +368,12 @@ def test_the_cli_serves_with_custom_tokens_it_never_prints() -> None:
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert match, line
         url = f"{match.group()}/api/connector/v1/services/getAll"
-        custom = {"ClientToken": "client-secret-x", "AccessToken": "access-secret-y",
-                  "Client": "t", "Limitation": LIMIT}
+        custom = {
+            "ClientToken": "client-secret-x",
+            "AccessToken": "access-secret-y",
+            "Client": "t",
+            "Limitation": LIMIT,
+        }
         assert httpx.post(url, json=custom).status_code == 200
         demo = {**custom, "AccessToken": DEMO_ACCESS_TOKEN}
         assert httpx.post(url, json=demo).status_code == 401
