@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
+import httpx
 from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, REPO, cli, cli_env
 
-from mews_sandbox import Sandbox
+from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
 
 
 def test_demo_needs_no_configuration_and_shows_what_a_newcomer_needs(tmp_path):
@@ -80,3 +83,29 @@ def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "mews-sync"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "backfill" in result.stdout
+
+
+def test_mews_sync_sandbox_serves_in_the_foreground_until_ctrl_c(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0", "--orders", "50"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        body = {
+            "ClientToken": DEMO_CLIENT_TOKEN,
+            "AccessToken": DEMO_ACCESS_TOKEN,
+            "Client": "test 1.0",
+            "ServiceIds": [s["Id"] for s in Sandbox().services()],
+            "UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-03-01T00:00:00Z"},
+            "Limitation": {"Count": 10},
+        }
+        answer = httpx.post(f"{url}/api/connector/v1/productServiceOrders/getAll", json=body)
+        assert answer.status_code == 200 and "ProductServiceOrders" in answer.json()
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
