@@ -36,7 +36,7 @@ def mews_sync_dlt() -> None:
     import dlt
     from dlt.helpers.airflow_helper import PipelineTasksGroup
 
-    from pipelines.mews_pipeline import DATASET_NAME, PIPELINE_NAME, apply_sql_models
+    from pipelines.mews_pipeline import DATASET_NAME, PIPELINE_NAME, finish_load
     from sources.mews import mews_source
 
     # The group first: it points dlt at a fresh working folder that the pipeline must use.
@@ -52,7 +52,7 @@ def mews_sync_dlt() -> None:
 
     @task
     def sql_views() -> None:
-        apply_sql_models(DUCKDB_FILE)
+        finish_load(DUCKDB_FILE)  # drops the notes Mews deleted, then the views
 
     load >> sql_views()
 

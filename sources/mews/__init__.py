@@ -36,11 +36,9 @@ from .settings import (
     RATE_LIMIT_SECONDS,
 )
 from .tables import (
-    DELETED_COLUMN,
     NOTE_COLUMNS,
     ORDER_COLUMNS,
     SERVICE_COLUMNS,
-    deletion_markers,
     to_table,
 )
 
@@ -56,7 +54,6 @@ class SourceStats:
     order_pages: int = 0
     orders: int = 0
     notes: int = 0
-    orders_without_notes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **amounts: int) -> None:
@@ -186,24 +183,17 @@ def mews_source(
         parallelized=True,
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         primary_key="id",
-        merge_key="service_order_id",
-        columns={DELETED_COLUMN: {"hard_delete": True, "data_type": "bool"}},
     )
     def service_order_notes(orders: pa.Table) -> list[pa.Table]:
-        """Yields the notes of a page of orders, replacing all stored notes of those orders.
+        """Yields the notes of a page of orders: all of them, whenever an order is read.
 
-        Orders left without notes get a deletion marker, so their old notes disappear too.
+        A note Mews deleted is simply not returned; the pipeline's `prune_deleted_notes`
+        removes stored notes whose load is older than their order's.
         """
         order_ids = orders.column("id").to_pylist()
-        tables = [
-            to_table(page, NOTE_COLUMNS)
-            for page in api.service_order_notes(order_ids, types, enterprise_ids)
-        ]
-        with_notes = set().union(*(t.column("service_order_id").to_pylist() for t in tables))
-        without_notes = [i for i in order_ids if i not in with_notes]
-        counts.add(notes=sum(t.num_rows for t in tables), orders_without_notes=len(without_notes))
-        if without_notes:
-            tables.append(deletion_markers(without_notes))
+        pages = api.service_order_notes(order_ids, types, enterprise_ids)
+        tables = [to_table(page, NOTE_COLUMNS) for page in pages]
+        counts.add(notes=sum(t.num_rows for t in tables))
         return tables
 
     return services, product_service_orders, service_order_notes

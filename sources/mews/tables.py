@@ -84,9 +84,7 @@ SERVICE_COLUMNS = [
     col("updated_utc", "UpdatedUtc", TIMESTAMP),
 ]
 
-# Marks "this order has no notes any more" rows; dlt deletes, never inserts, them.
-DELETED_COLUMN = "_deleted"
-KEY_COLUMNS = ("id", "service_order_id")  # the primary key and the notes' merge key
+KEY_COLUMNS = ("id",)  # the primary key
 
 
 def to_table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pa.Table:
@@ -148,13 +146,6 @@ def _raw_schema(columns: tuple[Column, ...]) -> pa.Schema:
 def _raw_column(raw: pa.Table, path: tuple[str, ...]) -> pa.Array:
     values = raw.column(path[0]).combine_chunks()
     return pc.struct_field(values, path[1]) if len(path) > 1 else values
-
-
-def deletion_markers(order_ids: Sequence[str]) -> pa.Table:
-    """Rows that make dlt drop every stored note of these orders."""
-    ids = pa.array(order_ids, pa.string())
-    markers = pa.table({"id": ids, "service_order_id": ids, DELETED_COLUMN: [True] * len(ids)})
-    return with_keys_required(markers)
 
 
 def with_keys_required(table: pa.Table) -> pa.Table:
