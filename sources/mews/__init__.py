@@ -184,7 +184,7 @@ def mews_source(
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         primary_key="id",
     )
-    def service_order_notes(orders: pa.Table) -> list[pa.Table]:
+    def service_order_notes(orders: pa.Table) -> pa.Table | list[pa.Table]:
         """Yields the notes of a page of orders: all of them, whenever an order is read.
 
         A note Mews deleted is simply not returned; the pipeline's `prune_deleted_notes`
@@ -194,7 +194,8 @@ def mews_source(
         pages = api.service_order_notes(order_ids, types, enterprise_ids)
         tables = [to_table(page, NOTE_COLUMNS) for page in pages]
         counts.add(notes=sum(t.num_rows for t in tables))
-        return tables
+        # One item per page of orders: dlt's cost is per item, not per row.
+        return pa.concat_tables(tables, promote_options="default") if tables else []
 
     return services, product_service_orders, service_order_notes
 
