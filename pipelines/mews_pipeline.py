@@ -22,7 +22,7 @@ from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
 from pipelines.progress import Progress
 from sources.mews import SourceStats, mews_source
-from sources.mews.client import ClientStats, MewsConfigError, MewsError
+from sources.mews.client import ClientStats, MewsConfigError, MewsError, format_utc
 
 PIPELINE_NAME = "mews_sync"
 DATASET_NAME = "mews"
@@ -191,15 +191,24 @@ def sync(
     report = report or RunReport(kind=kind, duckdb_file=database)
     started = time.monotonic()
     try:
+        # Every load of this run ends at the same moment.
+        now = datetime.now(UTC).replace(microsecond=0)
+        args = {"end_date": format_utc(now), **source_args}
         with exclusive(database), Progress(report.read, report.stats):
-            source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
             pipeline = build_pipeline(database, pipeline_name, pipelines_dir)
             if pipeline.has_pending_data:
                 # A run was killed after extracting: finish its load first, or dlt would load
                 # only that and drop what this run extracts.
                 log.warning("finishing the load an interrupted run left behind")
                 pipeline.run()
-            pipeline.run(source)
+            while True:
+                source = mews_source(stats=report.stats, source_stats=report.read, **args)
+                pipeline.run(source)
+                if report.read.resume_at is None:
+                    break
+                log.info("loaded up to %s; going on", format_utc(report.read.resume_at))
+                if args.get("backfill_start"):
+                    args["backfill_start"] = format_utc(report.read.resume_at)
             finish_load(database)
             report.table_rows = table_counts(database)
     finally:

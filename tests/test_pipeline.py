@@ -6,7 +6,14 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import Target, assert_equals_truth, lagging_sandbox, product_service_ids, truth_orders
+from harness import (
+    START_DATE,
+    Target,
+    assert_equals_truth,
+    lagging_sandbox,
+    product_service_ids,
+    truth_orders,
+)
 
 from mews_sandbox import Sandbox
 
@@ -218,3 +225,34 @@ def test_two_duckdb_files_on_one_machine_keep_their_own_state(tmp_path, monkeypa
             target.sync()
             assert_equals_truth(target)
     assert len(list((tmp_path / "dlt_data" / "pipelines").iterdir())) == 2
+
+
+def test_a_long_history_loads_in_steps_each_committed_with_its_state(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync(max_orders_per_load=500)
+
+    assert_equals_truth(target)
+    (loads,) = target.rows("select count(*) from mews._dlt_loads where status = 0")[0]
+    assert loads >= len(truth_orders(sandbox)) // 1000  # several steps, not one load
+    sandbox.log.clear()
+    assert target.sync().stats.requests[ORDERS] == 1  # the steps left a complete state
+
+
+def test_a_backfill_in_steps_still_leaves_the_state_alone(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    before = watermarks(target)
+    for order in sandbox.orders()[::7]:  # changes only a backfill can see
+        sandbox.update_order(
+            order["Id"], at=datetime.fromisoformat(order["UpdatedUtc"]), State="Optional"
+        )
+
+    target.sync(
+        "backfill",
+        backfill_start=START_DATE,
+        backfill_end=datetime.now(UTC).isoformat(),
+        max_orders_per_load=400,
+    )
+
+    assert watermarks(target) == before
+    assert_equals_truth(target)

@@ -27,6 +27,7 @@ from .settings import (
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
+    MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_WINDOW_MONTHS,
     MIN_WINDOW,
@@ -51,6 +52,7 @@ class SourceStats:
 
     windows: int = 0
     windows_total: int = 0  # planned, for a progress bar; a 408 split adds windows beyond it
+    resume_at: datetime | None = None  # set when a load stopped early: run the source again
     order_pages: int = 0
     orders: int = 0
     notes: int = 0
@@ -77,6 +79,7 @@ def mews_source(
     rate_limit_requests: int = RATE_LIMIT_REQUESTS,
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
+    max_orders_per_load: int | None = MAX_ORDERS_PER_LOAD,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
     backfill_start: str | None = None,
@@ -90,7 +93,9 @@ def mews_source(
 
     Without `service_ids`, every product service (`Additional`, formerly `Orderable`) that
     `services/getAll` lists is synced. With `backfill_start`/`backfill_end`, exactly that
-    UpdatedUtc range is reloaded and the incremental state is left as it was. `end_date`
+    UpdatedUtc range is reloaded and the incremental state is left as it was. A source stops
+    after the window in which it read `max_orders_per_load` orders and sets
+    `source_stats.resume_at`; running it again goes on from there. `end_date`
     (default: now) ends the sync; `transport` lets tests mount the sandbox in-process;
     `stats` and `source_stats` collect what the API client and the source did.
     """
@@ -148,19 +153,30 @@ def mews_source(
         """Yields a typed table per page of orders updated since each service's watermark."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
         if backfill:
-            counts.add(windows_total=len(list(walk_windows(*backfill))))
-            for window in walk_windows(*backfill):
-                yield from orders_in(ids, window)
-            return
-        watermarks: dict[str, str] = dlt.current.resource_state().setdefault("watermarks", {})
-        groups = group_by_start(ids, watermarks, start, overlap)
-        counts.add(windows_total=sum(len(list(walk_windows(g, end))) for g in groups))
-        for group_start, group in groups.items():
-            for window in walk_windows(group_start, end):
-                yield from orders_in(group, window)
-        # Reached only when every window was read: a failed run keeps the old watermarks.
-        for service_id in ids:
-            watermarks[service_id] = format_utc(end)
+            plan = [(ids, window) for window in walk_windows(*backfill)]
+            watermarks: dict[str, str] = {}  # a backfill leaves the state alone
+        else:
+            watermarks = dlt.current.resource_state().setdefault("watermarks", {})
+            groups = group_by_start(ids, watermarks, start, overlap)
+            plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
+        if not counts.windows_total:  # the first load of the run plans them all
+            counts.windows_total = len(plan)
+        counts.resume_at = None
+        orders_before = counts.orders
+        for group, window in plan:
+            if max_orders_per_load and counts.orders - orders_before >= max_orders_per_load:
+                # Enough for one load: the pipeline runs the source again from here, so a
+                # long history loads in steps of bounded memory and a kill loses one step.
+                counts.resume_at = window[0]
+                return
+            yield from orders_in(group, window)
+            if not backfill:
+                for service_id in group:
+                    watermarks[service_id] = format_utc(window[1])
+        if not backfill:
+            # Also services whose windows were all empty ranges: this run covered them to `end`.
+            for service_id in ids:
+                watermarks[service_id] = format_utc(end)
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)

@@ -21,7 +21,9 @@ PAGE_SIZE = 1000  # Limitation.Count maximum
 MAX_IDS_PER_REQUEST = 1000  # every id list in a request
 MIN_PAGE_SIZE = 10  # below this a 408 is not the page size's fault
 MAX_WINDOW_MONTHS = 3  # UpdatedUtc interval maximum
-MIN_WINDOW = timedelta(minutes=1)  # a 408 does not split windows shorter than this
+MIN_WINDOW = timedelta(minutes=1)
+# One load's worth: bounds the memory of a load's merge and what a killed run loses.
+MAX_ORDERS_PER_LOAD = 200_000  # a 408 does not split windows shorter than this
 
 DEFAULT_CLIENT = "mews-sync 0.1.0"
 # Mews started in 2012: nothing can be older, and empty windows cost one request each.
