@@ -29,10 +29,10 @@ DATASET_NAME = "mews"
 DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 TABLES = ("product_service_orders", "service_order_notes", "services")
 # The load's merge would otherwise let DuckDB take most of the machine's memory; past this
-# limit it spills to disk. Insertion order means nothing to a merge. One thread: measured on
-# 200,000 orders, the load took 2.7 s of CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with
-# two (python benchmarks/bench.py).
-DUCKDB_LOAD_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": False, "threads": 1}
+# limit it spills to disk (a 1,000,000-order sync peaked at 436 MB with 192MB, 492 MB with
+# 256MB). Insertion order means nothing to a merge. One thread: on 200,000 orders the load
+# took 2.7 s of CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
+DUCKDB_LOAD_CONFIG = {"memory_limit": "192MB", "preserve_insertion_order": False, "threads": 1}
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Run records live beside the DuckDB file, not in it: see record_run().
 RUNS_SUFFIX = ".runs.jsonl"
