@@ -204,7 +204,7 @@ def service_lines(head: str, names: list[str]) -> list[str]:
     shown = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in sorted(counts.items()))
     plural = "" if len(names) == 1 else "s"
     return [f"  {head}, {len(names)} service{plural}:"] + textwrap.wrap(
-        shown, width=96, initial_indent="    ", subsequent_indent="    "
+        shown, width=96, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False
     )
 
 
@@ -232,6 +232,7 @@ def run_lines(database: str, runs: list[dict[str, Any]], now: datetime) -> list[
             width=96,
             initial_indent="    ",
             subsequent_indent="    ",
+            break_on_hyphens=False,  # a Request-Id or a path stays whole, to copy and grep
         )
     else:
         out.append("  last failure: none recorded")
