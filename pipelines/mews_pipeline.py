@@ -209,8 +209,7 @@ def sync(
                 log.info("loaded up to %s; going on", format_utc(report.read.resume_at))
                 if args.get("backfill_start"):
                     args["backfill_start"] = format_utc(report.read.resume_at)
-            finish_load(database)
-            report.table_rows = table_counts(database)
+            report.table_rows = finish_load(database)
     finally:
         report.seconds = time.monotonic() - started
     return report
@@ -250,13 +249,15 @@ def read_runs(database: str) -> list[dict[str, Any]]:
     return runs
 
 
-def finish_load(database: str) -> None:
-    """After a load: drop the notes Mews deleted, then (re)create the views in sql/."""
+def finish_load(database: str) -> dict[str, int]:
+    """After a load: drop the notes Mews deleted, (re)create the views in sql/ and return the
+    rows per table, all on one connection."""
     with duckdb.connect(database) as con:
         pruned = prune_deleted_notes(con)
         if pruned:
             log.info("removed %d notes Mews no longer has", pruned)
         apply_sql_models(con)
+        return count_rows(con)
 
 
 def prune_deleted_notes(con: duckdb.DuckDBPyConnection) -> int:

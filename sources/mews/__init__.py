@@ -7,9 +7,8 @@ notes of every page of orders it got; `services` names the services the orders b
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -19,7 +18,14 @@ import pendulum
 import pyarrow as pa
 from dlt.sources import DltResource
 
-from .client import ClientStats, MewsClient, MewsConfigError, RequestTooHeavyError, format_utc
+from .client import (
+    ClientStats,
+    Counters,
+    MewsClient,
+    MewsConfigError,
+    RequestTooHeavyError,
+    format_utc,
+)
 from .settings import (
     BACKOFF_BASE_SECONDS,
     DEFAULT_CLIENT,
@@ -47,8 +53,9 @@ __all__ = ["SourceStats", "mews_source", "walk_windows", "parse_utc"]
 
 
 @dataclass
-class SourceStats:
-    """What the source read in one run, for the run summary."""
+class SourceStats(Counters):
+    """What the source read in one run, for the run summary; the notes transformer adds to
+    it from worker threads."""
 
     windows: int = 0
     windows_total: int = 0  # planned, for a progress bar; a 408 split adds windows beyond it
@@ -56,13 +63,6 @@ class SourceStats:
     order_pages: int = 0
     orders: int = 0
     notes: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **amounts: int) -> None:
-        """Add to counters; the notes transformer calls this from worker threads."""
-        with self._lock:
-            for name, amount in amounts.items():
-                setattr(self, name, getattr(self, name) + amount)
 
 
 @dlt.source(name="mews", max_table_nesting=0)

@@ -82,7 +82,19 @@ class MewsResponseError(MewsError):
 
 
 @dataclass
-class ClientStats:
+class Counters:
+    """Counters that several threads add to."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+
+@dataclass
+class ClientStats(Counters):
     """What the client did, for the run summary and the tests."""
 
     requests: Counter[str] = field(default_factory=Counter)  # per operation
@@ -217,7 +229,6 @@ class MewsClient:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         self.stats = stats if stats is not None else ClientStats()
-        self._stats_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MewsClient({str(self._http.base_url)!r}, client={self.client_name!r})"
@@ -301,11 +312,10 @@ class MewsClient:
         return message[:500], request_id
 
     def _count(self, operation: str | None = None, **amounts: float) -> None:
-        with self._stats_lock:
-            if operation:
+        if operation:
+            with self.stats._lock:
                 self.stats.requests[operation] += 1
-            for name, amount in amounts.items():
-                setattr(self.stats, name, getattr(self.stats, name) + amount)
+        self.stats.add(**amounts)
 
     # -- pagination --------------------------------------------------------------------------
 
