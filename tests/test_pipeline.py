@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from harness import (
     START_DATE,
@@ -16,6 +17,7 @@ from harness import (
 )
 
 from mews_sandbox import Sandbox
+from pipelines import mews_pipeline
 
 ORDERS = "productServiceOrders/getAll"
 NOTES = "serviceOrderNotes/getAll"
@@ -255,4 +257,70 @@ def test_a_backfill_in_steps_still_leaves_the_state_alone(sandbox, tmp_path):
     )
 
     assert watermarks(target) == before
+    assert_equals_truth(target)
+
+
+class ChangingDuringTheSync(httpx.BaseTransport):
+    """The sandbox's transport, changing the first order it returns right after returning it:
+    the order then comes again in a later window of the same load."""
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+        self.inner = sandbox.transport()
+        self.changed: str | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.changed is None and request.url.path.endswith(ORDERS):
+            response.read()
+            orders = response.json().get("ProductServiceOrders") or []
+            if orders:
+                self.changed = orders[0]["Id"]
+                self.sandbox.update_order(self.changed, State="Processed")
+        return response
+
+
+def test_an_order_changed_during_the_sync_keeps_only_its_latest_version(sandbox, tmp_path):
+    target = Target(sandbox, tmp_path)
+    transport = ChangingDuringTheSync(sandbox)
+
+    target.sync(transport=transport)
+
+    assert transport.changed is not None
+    assert_equals_truth(target)
+    assert target.rows(
+        f"select state from mews.product_service_orders where id = '{transport.changed}'"
+    ) == [("Processed",)]
+
+
+def test_a_run_killed_between_its_load_and_the_clean_up_is_healed_by_the_next(
+    sandbox, tmp_path, monkeypatch
+):
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    with_notes: dict[str, list[str]] = {}
+    for note in sandbox.notes(types=["General", "ChannelManager", "SpecialRequest"]):
+        with_notes.setdefault(note.get("ServiceOrderId") or note.get("OrderId"), []).append(
+            note["Id"]
+        )
+    order_id = next(o for o, ids in with_notes.items() if len(ids) >= 2)
+    sandbox.update_order(order_id, State="Processed")
+    sandbox.delete_note(with_notes[order_id][0])
+
+    def killed(database: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mews_pipeline, "keep_latest_rows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        target.sync()
+    # The load landed and the clean-up did not: the order is there twice, the note still is.
+    assert target.rows(
+        f"select count(*) from mews.product_service_orders where id = '{order_id}'"
+    ) == [(2,)]
+    monkeypatch.undo()
+
+    sandbox.log.clear()
+    target.sync(overlap_minutes=0)  # so the order is not read again: the clean-up must heal
+
+    assert sandbox.log.count(operation=NOTES) == 0
     assert_equals_truth(target)

@@ -144,11 +144,9 @@ def mews_source(
         if sync_services():
             yield to_table(sync_services(), SERVICE_COLUMNS)
 
-    @dlt.resource(
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key="id",
-        columns={"updated_utc": {"dedup_sort": "desc"}},
-    )
+    # Orders and notes are appended: an order read again comes again, with a later
+    # `_dlt_load_id`. The pipeline keeps the latest of each (see `keep_latest_rows`).
+    @dlt.resource(write_disposition="append", primary_key="id")
     def product_service_orders() -> Iterator[pa.Table]:
         """Yields a typed table per page of orders updated since each service's watermark."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
@@ -186,7 +184,7 @@ def mews_source(
                 yield to_table(page, ORDER_COLUMNS)
         except RequestTooHeavyError:
             # Even small pages are too heavy: ask for a shorter interval. Pages already
-            # yielded come again; the merge keeps one row per order.
+            # yielded come again; one row per order is kept in the end.
             start, stop = window
             if stop - start <= MIN_WINDOW:
                 raise
@@ -197,13 +195,13 @@ def mews_source(
     @dlt.transformer(
         data_from=product_service_orders,
         parallelized=True,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        write_disposition="append",
         primary_key="id",
     )
     def service_order_notes(orders: pa.Table) -> pa.Table | list[pa.Table]:
         """Yields the notes of a page of orders: all of them, whenever an order is read.
 
-        A note Mews deleted is simply not returned; the pipeline's `prune_deleted_notes`
+        A note Mews deleted is simply not returned; the pipeline's `keep_latest_rows`
         removes stored notes whose load is older than their order's.
         """
         order_ids = orders.column("id").to_pylist()
