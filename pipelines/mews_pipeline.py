@@ -315,7 +315,10 @@ def delete_superseded(con: duckdb.DuckDBPyConnection, table: str, mark: str, the
                 select rowid, row_number() over (
                     partition by id order by _dlt_load_id desc, {then}) as newest
                 from {table}
-                where id in (select id from {table} where _dlt_load_id > ?))
+                where id in (
+                    select id from {table}
+                    where id in (select id from {table} where _dlt_load_id > ?)
+                    group by id having count(*) > 1))
             where newest > 1)""",
         [mark],
     )

@@ -37,6 +37,7 @@ from .settings import (
     MAX_RETRIES,
     MAX_WINDOW_MONTHS,
     MIN_WINDOW,
+    ORDERS_PER_ITEM,
     PAGE_SIZE,
     PRODUCT_SERVICE_DISCRIMINATOR,
     RATE_LIMIT_REQUESTS,
@@ -148,7 +149,8 @@ def mews_source(
     # `_dlt_load_id`. The pipeline keeps the latest of each (see `keep_latest_rows`).
     @dlt.resource(write_disposition="append", primary_key="id")
     def product_service_orders() -> Iterator[pa.Table]:
-        """Yields a typed table per page of orders updated since each service's watermark."""
+        """Yields typed tables (a few pages each) of the orders updated since each service's
+        watermark."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
         if backfill:
             plan = [(ids, window) for window in walk_windows(*backfill)]
@@ -179,9 +181,15 @@ def mews_source(
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)
         try:
+            batch: list[dict[str, Any]] = []
             for page in api.product_service_orders(ids, *window, enterprise_ids):
                 counts.add(order_pages=1, orders=len(page))
-                yield to_table(page, ORDER_COLUMNS)
+                batch.extend(page)
+                if len(batch) >= ORDERS_PER_ITEM:
+                    yield to_table(batch, ORDER_COLUMNS)
+                    batch = []
+            if batch:
+                yield to_table(batch, ORDER_COLUMNS)
         except RequestTooHeavyError:
             # Even small pages are too heavy: ask for a shorter interval. Pages already
             # yielded come again; one row per order is kept in the end.
@@ -199,7 +207,7 @@ def mews_source(
         primary_key="id",
     )
     def service_order_notes(orders: pa.Table) -> pa.Table | list[pa.Table]:
-        """Yields the notes of a page of orders: all of them, whenever an order is read.
+        """Yields the notes of a table of orders: all of them, whenever an order is read.
 
         A note Mews deleted is simply not returned; the pipeline's `keep_latest_rows`
         removes stored notes whose load is older than their order's.
@@ -208,7 +216,7 @@ def mews_source(
         pages = api.service_order_notes(order_ids, types, enterprise_ids)
         tables = [to_table(page, NOTE_COLUMNS) for page in pages]
         counts.add(notes=sum(t.num_rows for t in tables))
-        # One item per page of orders: dlt's cost is per item, not per row.
+        # One item per table of orders: dlt's cost is per item, not per row.
         return pa.concat_tables(tables, promote_options="default") if tables else []
 
     return services, product_service_orders, service_order_notes

@@ -19,6 +19,9 @@ ITEMS_KEY = {
 
 PAGE_SIZE = 1000  # Limitation.Count maximum
 MAX_IDS_PER_REQUEST = 1000  # every id list in a request
+# Orders per item handed to dlt: its cost is per item, not per row (5 pages per item took the
+# extraction of 200,000 orders from 6.2 to 5.5 s of CPU).
+ORDERS_PER_ITEM = 5000
 MIN_PAGE_SIZE = 10  # below this a 408 is not the page size's fault
 MAX_WINDOW_MONTHS = 3  # UpdatedUtc interval maximum
 MIN_WINDOW = timedelta(minutes=1)
