@@ -204,6 +204,9 @@ def sync(
                 pipeline.run()
             while True:
                 source = mews_source(stats=report.stats, source_stats=report.read, **args)
+                # Before reading too: a run killed between a load and its clean-up left
+                # superseded rows behind (after the source took the configuration).
+                keep_latest_rows(database)
                 pipeline.run(source)
                 keep_latest_rows(database)
                 if report.read.resume_at is None:

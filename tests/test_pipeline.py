@@ -307,10 +307,16 @@ def test_a_run_killed_between_its_load_and_the_clean_up_is_healed_by_the_next(
     sandbox.update_order(order_id, State="Processed")
     sandbox.delete_note(with_notes[order_id][0])
 
-    def killed(database: str) -> None:
+    clean_up = mews_pipeline.keep_latest_rows
+    calls: list[str] = []
+
+    def killed_after_the_load(database: str) -> None:
+        calls.append(database)
+        if len(calls) == 1:
+            return clean_up(database)  # the one before reading
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mews_pipeline, "keep_latest_rows", killed)
+    monkeypatch.setattr(mews_pipeline, "keep_latest_rows", killed_after_the_load)
     with pytest.raises(KeyboardInterrupt):
         target.sync()
     # The load landed and the clean-up did not: the order is there twice, the note still is.
@@ -319,8 +325,10 @@ def test_a_run_killed_between_its_load_and_the_clean_up_is_healed_by_the_next(
     ) == [(2,)]
     monkeypatch.undo()
 
+    mews_pipeline.keep_latest_rows(target.database)  # what the next run does before reading
+    assert_equals_truth(target)
     sandbox.log.clear()
-    target.sync(overlap_minutes=0)  # so the order is not read again: the clean-up must heal
+    target.sync(overlap_minutes=0)
 
     assert sandbox.log.count(operation=NOTES) == 0
     assert_equals_truth(target)
