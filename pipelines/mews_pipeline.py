@@ -204,16 +204,16 @@ def sync(
                 pipeline.run()
             while True:
                 source = mews_source(stats=report.stats, source_stats=report.read, **args)
-                # Before reading too: a run killed between a load and its clean-up left
-                # superseded rows behind (after the source took the configuration).
+                # What the step before superseded, or what a run killed between its load and
+                # this clean-up left behind (once the source has taken the configuration).
                 keep_latest_rows(database)
                 pipeline.run(source)
-                keep_latest_rows(database)
                 if report.read.resume_at is None:
                     break
                 log.info("loaded up to %s; going on", format_utc(report.read.resume_at))
                 if args.get("backfill_start"):
                     args["backfill_start"] = format_utc(report.read.resume_at)
+            keep_latest_rows(database)
             report.table_rows = finish_load(database)
     finally:
         report.seconds = time.monotonic() - started
