@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -12,9 +13,10 @@ from sources.mews.client import (
     SlidingWindowLimiter,
     chunked,
     format_utc,
+    read_arrow_page,
     retry_after_seconds,
 )
-from sources.mews.tables import NOTE_COLUMNS, ORDER_COLUMNS, to_table
+from sources.mews.tables import NOTE_COLUMNS, ORDER_COLUMNS, raw_schema, to_table
 
 
 class FakeClock:
@@ -152,3 +154,92 @@ def test_note_table_reads_both_order_reference_names():
     table = to_table(page, NOTE_COLUMNS)
     assert table.column("service_order_id").to_pylist() == ["o1", "o2"]
     assert "updated_utc" not in table.column_names  # only when the API sends it
+
+
+ORDER = {
+    "Id": "o1",
+    "ServiceId": "s1",
+    "Number": "17",
+    "State": "Confirmed",
+    "CreatedUtc": "2024-01-01T00:00:00.1234567Z",
+    "UpdatedUtc": "2024-01-02T10:00:00Z",
+    "CancelledUtc": None,
+    "Options": {"OwnerCheckedIn": True, "ConnectorCheckIn": None},
+}
+PAGES = {
+    "orders": (
+        "ProductServiceOrders",
+        ORDER_COLUMNS,
+        [ORDER, {**ORDER, "Id": "o2", "Options": None, "CancelledUtc": "2024-02-01T00:00:00Z"}],
+    ),
+    "seed notes": (
+        "ServiceOrderNotes",
+        NOTE_COLUMNS,
+        [
+            {
+                "Id": "n1",
+                "ServiceOrderId": "o1",
+                "Text": 'Příjezd \\ "late"\n',
+                "Type": "General",
+                "CreatedUtc": "2024-01-01T00:00:00Z",
+            }
+        ],
+    ),
+    "current notes": (
+        "ServiceOrderNotes",
+        NOTE_COLUMNS,
+        [
+            {
+                "Id": "n1",
+                "OrderId": "o1",
+                "Text": "a",
+                "Type": "General",
+                "CreatedUtc": "2024-01-01T00:00:00Z",
+                "UpdatedUtc": "2024-01-03T00:00:00Z",
+            }
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_a_page_decoded_by_arrow_gives_the_table_decoding_objects_gives(name):
+    key, columns, items = PAGES[name]
+    body = orjson.dumps({key: items, "Cursor": "c9", "Extra": 1}, option=orjson.OPT_INDENT_2)
+    page = read_arrow_page(body, key, raw_schema(columns))
+    assert page is not None and page["Cursor"] == "c9"
+    assert isinstance(page[key], pa.Table)
+    assert to_table(page[key], columns).equals(to_table(items, columns))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"ProductServiceOrders": [{"Id": "o1", "LoyaltyCode": "X"}], "Cursor": "c"}',
+        b'{"ProductServiceOrders": [{"Id": "o1", "Options": {"New": true}}], "Cursor": "c"}',
+        b'{"ProductServiceOrders": [{"Id": "o1", "Number": 17}], "Cursor": "c"}',
+        b'{"ProductServiceOrders": [null], "Cursor": "c"}',
+        b'{"ProductServiceOrders": [1], "Cursor": "c"}',
+        b'{"ProductServiceOrders": {"Id": "o1"}, "Cursor": "c"}',
+        b'{"Cursor": "c"}',
+        b'{"ProductServiceOrders": [], "Cursor": 5}',
+        b'{"ProductServiceOrders": [{"Id": "o1"',
+        b"[]",
+        b'{"ProductServiceOrders": []}\n{"ProductServiceOrders": []}',
+    ],
+    ids=[
+        "new-field",
+        "new-option",
+        "other-type",
+        "null-item",
+        "item-not-object",
+        "items-not-list",
+        "no-items",
+        "cursor-not-text",
+        "truncated",
+        "array",
+        "two-objects",
+    ],
+)
+def test_a_page_of_another_shape_is_left_to_the_general_decoding(body):
+    assert read_arrow_page(body, "ProductServiceOrders", raw_schema(ORDER_COLUMNS)) is None

@@ -47,6 +47,7 @@ from .tables import (
     NOTE_COLUMNS,
     ORDER_COLUMNS,
     SERVICE_COLUMNS,
+    raw_schema,
     to_table,
 )
 
@@ -180,16 +181,19 @@ def mews_source(
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)
+        pages = api.product_service_orders(
+            ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_COLUMNS)
+        )
         try:
-            batch: list[dict[str, Any]] = []
-            for page in api.product_service_orders(ids, *window, enterprise_ids):
+            batch: list[pa.Table] = []
+            for page in pages:
                 counts.add(order_pages=1, orders=len(page))
-                batch.extend(page)
-                if len(batch) >= ORDERS_PER_ITEM:
-                    yield to_table(batch, ORDER_COLUMNS)
+                batch.append(to_table(page, ORDER_COLUMNS))
+                if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
+                    yield concat(batch)
                     batch = []
             if batch:
-                yield to_table(batch, ORDER_COLUMNS)
+                yield concat(batch)
         except RequestTooHeavyError:
             # Even small pages are too heavy: ask for a shorter interval. Pages already
             # yielded come again; one row per order is kept in the end.
@@ -213,13 +217,20 @@ def mews_source(
         removes stored notes whose load is older than their order's.
         """
         order_ids = orders.column("id").to_pylist()
-        pages = api.service_order_notes(order_ids, types, enterprise_ids)
+        pages = api.service_order_notes(
+            order_ids, types, enterprise_ids, item_schema=raw_schema(NOTE_COLUMNS)
+        )
         tables = [to_table(page, NOTE_COLUMNS) for page in pages]
         counts.add(notes=sum(t.num_rows for t in tables))
         # One item per table of orders: dlt's cost is per item, not per row.
-        return pa.concat_tables(tables, promote_options="default") if tables else []
+        return concat(tables) if tables else []
 
     return services, product_service_orders, service_order_notes
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """One table of pages that may differ in columns (a field only some pages carry)."""
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def service_row(service: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ line, an exception message or `repr()`.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import threading
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import pyarrow as pa
+import pyarrow.json as arrow_json
 
 from .settings import (
     API_PATH,
@@ -38,6 +41,9 @@ from .settings import (
     REQUEST_TIMEOUT_SECONDS,
     SERVICES_OPERATION,
 )
+
+# A page of items: decoded objects, or an Arrow table of the fields the caller asked for.
+Page = list[dict[str, Any]] | pa.Table
 
 
 class MewsError(Exception):
@@ -164,6 +170,38 @@ def retry_after_seconds(value: str | None, now: Callable[[], datetime]) -> float
         return None
 
 
+def read_arrow_page(body: bytes, items_key: str, item_schema: pa.Schema) -> dict[str, Any] | None:
+    """`{items_key: Arrow table, "Cursor": ...}` when `body` is one JSON object whose items have
+    exactly the fields of `item_schema`, with those types; None for anything else (a field the
+    schema lacks, another type, not JSON), which the caller decodes the general way.
+
+    Arrow parses a page of 1,000 orders in about half the time orjson and `from_pylist` take.
+    """
+    item_type = pa.list_(pa.struct(list(item_schema)))
+    options = arrow_json.ParseOptions(
+        explicit_schema=pa.schema([(items_key, item_type), ("Cursor", pa.string())]),
+        unexpected_field_behavior="infer",  # then compared: new item fields go the general way
+        newlines_in_values=True,
+    )
+    try:
+        body_table = arrow_json.read_json(
+            io.BytesIO(body),
+            read_options=arrow_json.ReadOptions(use_threads=False, block_size=len(body) + 1),
+            parse_options=options,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if body_table.num_rows != 1 or not body_table.schema.field(items_key).type.equals(item_type):
+        return None
+    items = body_table.column(items_key).combine_chunks()
+    if items.null_count or items.values.null_count:
+        return None  # no items key, or an item that is null: the general way says what is wrong
+    return {
+        items_key: pa.Table.from_struct_array(items.flatten()),
+        "Cursor": body_table.column("Cursor")[0].as_py(),
+    }
+
+
 def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[list[str]]:
     """Consecutive lists of at most `size` ids."""
     batch: list[str] = []
@@ -244,8 +282,17 @@ class MewsClient:
 
     # -- one request -------------------------------------------------------------------------
 
-    def post(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST one operation, retrying what is worth retrying; return the decoded body."""
+    def post(
+        self,
+        operation: str,
+        payload: dict[str, Any],
+        arrow_items: tuple[str, pa.Schema] | None = None,
+    ) -> dict[str, Any]:
+        """POST one operation, retrying what is worth retrying; return the decoded body.
+
+        With `arrow_items` (items key, item schema), a body of exactly that shape comes back
+        with its items as an Arrow table, decoded without making a Python object per item.
+        """
         content = json.dumps({**self._tokens, "Client": self.client_name, **payload}).encode()
         attempt = 0
         while True:
@@ -260,6 +307,9 @@ class MewsClient:
             else:
                 status = response.status_code
                 if status == 200:
+                    page = arrow_items and read_arrow_page(response.content, *arrow_items)
+                    if page:
+                        return page
                     try:
                         # orjson (a dlt dependency) decodes pages about 2.5x faster than json.
                         data = orjson.loads(response.content)
@@ -319,31 +369,37 @@ class MewsClient:
 
     # -- pagination --------------------------------------------------------------------------
 
-    def iter_pages(self, operation: str, filters: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    def iter_pages(
+        self, operation: str, filters: dict[str, Any], item_schema: pa.Schema | None = None
+    ) -> Iterator[Page]:
         """Yield the non-empty pages of a paginated operation, newest first.
 
         The end is a null cursor or a page shorter than asked for. A 408 halves the page size
-        for the rest of the walk, down to MIN_PAGE_SIZE.
+        for the rest of the walk, down to MIN_PAGE_SIZE. With `item_schema`, a page whose items
+        have exactly those fields comes as an Arrow table (see `read_arrow_page`).
         """
         items_key = ITEMS_KEY[operation]
+        arrow_items = (items_key, item_schema) if item_schema is not None else None
         count, cursor = self.page_size, None
         while True:
             limitation: dict[str, Any] = {"Count": count}
             if cursor:
                 limitation["Cursor"] = cursor
             try:
-                data = self.post(operation, {**filters, "Limitation": limitation})
+                data = self.post(operation, {**filters, "Limitation": limitation}, arrow_items)
             except RequestTooHeavyError:
                 if count <= MIN_PAGE_SIZE:
                     raise
                 count = max(MIN_PAGE_SIZE, count // 2)
                 continue
             items = data.get(items_key)
-            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            if not isinstance(items, pa.Table) and (
+                not isinstance(items, list) or not all(isinstance(i, dict) for i in items)
+            ):
                 raise MewsResponseError(
                     f"Mews {operation} answered 200 without a '{items_key}' list of objects."
                 )
-            if items:
+            if len(items):
                 yield items
             next_cursor = data.get("Cursor")
             if len(items) < count or not next_cursor:
@@ -360,48 +416,55 @@ class MewsClient:
         updated_from: datetime,
         updated_to: datetime,
         enterprise_ids: list[str] | None = None,
-    ) -> Iterator[list[dict[str, Any]]]:
+        item_schema: pa.Schema | None = None,
+    ) -> Iterator[Page]:
         """Pages of orders of these services whose UpdatedUtc is in the interval.
 
         The caller keeps the interval within MAX_WINDOW_MONTHS; any number of service ids.
+        `item_schema`: see `iter_pages`.
         """
         interval = {"StartUtc": format_utc(updated_from), "EndUtc": format_utc(updated_to)}
         for services in chunked(service_ids):
             filters: dict[str, Any] = {"ServiceIds": services, "UpdatedUtc": interval}
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
-            yield from self.iter_pages(ORDERS_OPERATION, filters)
+            yield from self.iter_pages(ORDERS_OPERATION, filters, item_schema)
 
     def service_order_notes(
         self,
         order_ids: Iterable[str],
         types: Iterable[str] | None = None,
         enterprise_ids: list[str] | None = None,
-    ) -> Iterator[list[dict[str, Any]]]:
+        item_schema: pa.Schema | None = None,
+    ) -> Iterator[Page]:
         """Pages of the notes of these orders, any number of ids, in batches of 1000.
 
         When even small pages are too heavy (408), the batch of ids is halved; pages already
-        yielded for it come again.
+        yielded for it come again. `item_schema`: see `iter_pages`.
         """
         for orders in chunked(order_ids):
-            yield from self._notes_batch(orders, list(types or []), enterprise_ids)
+            yield from self._notes_batch(orders, list(types or []), enterprise_ids, item_schema)
 
     def _notes_batch(
-        self, order_ids: list[str], types: list[str], enterprise_ids: list[str] | None
-    ) -> Iterator[list[dict[str, Any]]]:
+        self,
+        order_ids: list[str],
+        types: list[str],
+        enterprise_ids: list[str] | None,
+        item_schema: pa.Schema | None,
+    ) -> Iterator[Page]:
         filters: dict[str, Any] = {"ServiceOrderIds": order_ids}
         if types:
             filters["Types"] = types
         if enterprise_ids:
             filters["EnterpriseIds"] = enterprise_ids
         try:
-            yield from self.iter_pages(NOTES_OPERATION, filters)
+            yield from self.iter_pages(NOTES_OPERATION, filters, item_schema)
         except RequestTooHeavyError:
             if len(order_ids) == 1:
                 raise
             half = len(order_ids) // 2
-            yield from self._notes_batch(order_ids[:half], types, enterprise_ids)
-            yield from self._notes_batch(order_ids[half:], types, enterprise_ids)
+            yield from self._notes_batch(order_ids[:half], types, enterprise_ids, item_schema)
+            yield from self._notes_batch(order_ids[half:], types, enterprise_ids, item_schema)
 
     def services(
         self, service_ids: list[str] | None = None, enterprise_ids: list[str] | None = None

@@ -87,12 +87,19 @@ SERVICE_COLUMNS = [
 KEY_COLUMNS = ("id",)  # the primary key
 
 
-def to_table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pa.Table:
-    """A typed table of `items`: the known columns first, then any field the API added."""
+def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Column]) -> pa.Table:
+    """A typed table of `items`: the known columns first, then any field the API added.
+
+    `items` may also be a table already in `raw_schema(columns)`, which has no other fields.
+    """
+    if isinstance(items, pa.Table):
+        return with_keys_required(pa.table(_known_columns(items, columns)))
     try:
-        arrays = _known_columns_by_arrow(items, columns)
+        raw = pa.Table.from_pylist(list(items), schema=raw_schema(columns))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         arrays = _known_columns_by_python(items, columns)
+    else:
+        arrays = _known_columns(raw, columns)
     for path, values in _unknown_fields(items, columns).items():
         name = _naming.normalize_path(_naming.make_path(*map(_naming.normalize_identifier, path)))
         if name not in arrays and any(v is not None for v in values):
@@ -100,11 +107,8 @@ def to_table(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> pa.T
     return with_keys_required(pa.table(arrays))
 
 
-def _known_columns_by_arrow(
-    items: Sequence[dict[str, Any]], columns: Sequence[Column]
-) -> dict[str, pa.Array]:
-    """The fast path: Arrow converts the items in C++; raises if a value has another type."""
-    raw = pa.Table.from_pylist(list(items), schema=_raw_schema(tuple(columns)))
+def _known_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[str, pa.Array]:
+    """The fast path: the known fields, already in Arrow, typed and renamed."""
     arrays: dict[str, pa.Array] = {}
     for column in columns:
         found = [_raw_column(raw, path) for path in column.paths]
@@ -126,9 +130,13 @@ def _known_columns_by_python(
     return arrays
 
 
+def raw_schema(columns: Sequence[Column]) -> pa.Schema:
+    """The API's shape of the known fields: timestamps still text, objects as structs."""
+    return _raw_schema(tuple(columns))
+
+
 @cache
 def _raw_schema(columns: tuple[Column, ...]) -> pa.Schema:
-    """The API's shape of the known fields: timestamps still text, objects as structs."""
     top: dict[str, pa.DataType] = {}
     children: dict[str, dict[str, pa.DataType]] = {}
     for column in columns:
