@@ -31,7 +31,7 @@ TABLES = ("product_service_orders", "service_order_notes", "services")
 # The load and the clean-up would otherwise let DuckDB take most of the machine's memory; past
 # this limit it spills to disk. DuckDB fills its limit with blocks it has written, so the limit
 # is most of a load's memory: 96 MB took the peak of a 1,000,000-order first sync from 434 to
-# 358 MB at no cost in CPU. Insertion order means nothing here. One thread: on 200,000 orders
+# 371 MB at no cost in CPU. Insertion order means nothing here. One thread: on 200,000 orders
 # the load took 2.7 s of CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
 DUCKDB_LOAD_CONFIG = {"memory_limit": "96MB", "preserve_insertion_order": False, "threads": 1}
 # One row: the newest load `keep_latest_rows` has cleaned up after.

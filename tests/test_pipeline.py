@@ -18,6 +18,7 @@ from harness import (
 
 from mews_sandbox import Sandbox
 from pipelines import mews_pipeline
+from sources.mews import client
 
 ORDERS = "productServiceOrders/getAll"
 NOTES = "serviceOrderNotes/getAll"
@@ -198,6 +199,29 @@ def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
     assert target.rows(
         f"select state, loyalty_tier from mews.product_service_orders where id = '{order_id}'"
     ) == [("Waitlisted", "Gold")]
+    assert_equals_truth(target)
+
+
+def test_pages_with_and_without_a_new_field_load_together(sandbox, tmp_path, monkeypatch):
+    """Pages of exactly the known fields are decoded by Arrow, a page with a field the API
+    added the general way; one sync holds both."""
+    order_id = truth_orders(sandbox)[0][0]
+    sandbox.update_order(order_id, LoyaltyTier="Gold")
+    by_arrow: list[bool] = []
+    read_arrow_page = client.read_arrow_page
+
+    def recording(*args):
+        page = read_arrow_page(*args)
+        by_arrow.append(page is not None)
+        return page
+
+    monkeypatch.setattr(client, "read_arrow_page", recording)
+    target = Target(sandbox, tmp_path)
+    target.sync(page_size=50)
+    assert True in by_arrow and False in by_arrow
+    assert target.rows(
+        "select id, loyalty_tier from mews.product_service_orders where loyalty_tier is not null"
+    ) == [(order_id, "Gold")]
     assert_equals_truth(target)
 
 
