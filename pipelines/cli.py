@@ -8,17 +8,19 @@ Exit codes (for schedulers):
   4  the Mews API is unavailable, rate limiting or failing after every retry: retry later
   5  another run holds the DuckDB file: retry later
   1  an unexpected error (a bug): the traceback is printed; please report it
-  130  interrupted (Ctrl-C)
+  130  stopped by Ctrl-C or SIGTERM: the next run goes on from the last completed load
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from dlt.common.configuration.exceptions import (
@@ -31,6 +33,7 @@ from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsRe
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; the next run starts from the last completed load."
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEMO_ORDERS = 2000
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mews-sync",
         description="Keep a DuckDB copy of Mews product service orders and their notes.",
         epilog="Exit codes: 0 ok, 2 configuration, 3 API refused, 4 API unavailable (retry "
-        "later), 5 another run is busy, 1 bug.",
+        "later), 5 another run is busy, 1 bug, 130 stopped (Ctrl-C, SIGTERM).",
     )
     parser.add_argument(
         "--log-level",
@@ -91,14 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         setup_logging(args.log_level)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print(
-            "mews-sync: interrupted; the next run starts from the last completed load.",
-            file=sys.stderr,
-        )
+        print(f"mews-sync: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - turned into one sentence and an exit code
         code, sentence = explain(exc)
@@ -106,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mews-sync: {sentence}", file=sys.stderr)
         return code
+
+
+def stop_like_ctrl_c(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM (systemd stopping the unit at its timeout, `kill`) stops a run as Ctrl-C does: at
+    once, recorded as interrupted, and the next run finishes a load this one left behind."""
+    raise KeyboardInterrupt
 
 
 def setup_logging(level: str | None) -> None:
@@ -123,6 +130,8 @@ def setup_logging(level: str | None) -> None:
 def explain(exc: BaseException) -> tuple[int, str]:
     """The exit code and one safe sentence for an exception, however deeply dlt wrapped it."""
     for cause in causes(exc):
+        if isinstance(cause, KeyboardInterrupt):  # dlt wraps one that stops a step
+            return EXIT_INTERRUPTED, INTERRUPTED
         if isinstance(cause, MewsConfigError):
             return EXIT_CONFIG, str(cause)
         if isinstance(cause, MewsError):
@@ -177,7 +186,7 @@ def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> R
         sync(kind, database=report.duckdb_file, report=report, **sync_args)
     except (Exception, KeyboardInterrupt) as exc:
         code, sentence = (
-            explain(exc) if isinstance(exc, Exception) else (EXIT_INTERRUPTED, "interrupted")
+            explain(exc) if isinstance(exc, Exception) else (EXIT_INTERRUPTED, INTERRUPTED)
         )
         # A bug's message could hold anything; the traceback has the details.
         bug = f"unexpected {type(causes(exc)[-1]).__name__} (a bug; see the traceback)"

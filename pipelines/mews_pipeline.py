@@ -44,6 +44,10 @@ log = logging.getLogger("mews_sync")
 
 # A nightly job on a closed network: dlt's anonymous telemetry stays off unless asked for.
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+# dlt holds back a first Ctrl-C or SIGTERM during its normalize and load steps and may then
+# drop it, so a stop request could let a long first sync go on. A stop ends the run at once
+# instead: what is loaded stays, and the next run finishes a load left behind, as after a kill.
+os.environ.setdefault("RUNTIME__INTERCEPT_SIGNALS", "false")
 # Every row records the load that wrote it: `keep_latest_rows` depends on it.
 os.environ["NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID"] = "true"
 

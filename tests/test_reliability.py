@@ -18,8 +18,15 @@ import pytest
 from harness import START_DATE, Target, assert_equals_truth, lagging_sandbox, one_sentence
 
 from mews_sandbox import Faults, Sandbox
-from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, explain
-from pipelines.mews_pipeline import exclusive
+from pipelines.cli import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    explain,
+)
+from pipelines.mews_pipeline import exclusive, read_runs
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_TOKEN = "CT-SECRET-7f3a9c1e"
@@ -295,6 +302,38 @@ def test_runs_killed_at_any_point_then_rerun_equal_the_truth(sandbox, served, tm
         killed.append(kill_after(env, rng.uniform(0.5, 3.0), tmp_path))
         mutate(sandbox, rng)
     assert any(killed)
+    result = cli(env, "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_equals_truth(target_for(sandbox, tmp_path))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_run_stopped_by_a_signal_says_so_is_recorded_and_the_next_equals_the_truth(
+    sandbox, served, tmp_path, stop
+):
+    sandbox.config.faults = Faults(latency_s=0.01)
+    # Steps of 300 orders: the run loads several times, so a stop may land in a load.
+    env = cli_env(tmp_path, served, SOURCES__MEWS__MAX_ORDERS_PER_LOAD="300")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "--log-level", "WARNING", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while sandbox.log.count(operation="serviceOrderNotes/getAll") < 3 and process.poll() is None:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED
+    assert one_sentence(stderr) == (
+        "mews-sync: interrupted; the next run starts from the last completed load."
+    )
+    assert "mews-sync run FAILED" in stdout
+    (run,) = read_runs(str(tmp_path / "mews_sync.duckdb"))
+    assert (run["status"], run["exit_code"]) == ("failed", EXIT_INTERRUPTED)
     result = cli(env, "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_equals_truth(target_for(sandbox, tmp_path))
