@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -273,20 +273,21 @@ def test_a_second_run_on_the_same_file_stops_with_a_clear_message(served, tmp_pa
 
 def kill_after(env: dict[str, str], seconds: float, cwd: Path) -> bool:
     """SIGKILL a run after `seconds`; True if it was still running then."""
-    process = start_cli(env, "run", cwd=cwd)
-    time.sleep(seconds)
-    running = process.poll() is None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return running
+    deadline = time.monotonic() + seconds
+    return kill_when(env, cwd, lambda: time.monotonic() >= deadline)
 
 
 def kill_after_requests(sandbox: Sandbox, env: dict[str, str], count: int, cwd: Path) -> bool:
     """SIGKILL a run once the sandbox has answered `count` of its requests (a nightly run is
     too quick for a timer to land in it); True if it was still running then."""
     before = sandbox.log.count()
+    return kill_when(env, cwd, lambda: sandbox.log.count() >= before + count)
+
+
+def kill_when(env: dict[str, str], cwd: Path, ready: Callable[[], bool]) -> bool:
+    """Start a run and SIGKILL it once `ready()`; True if it was still running then."""
     process = start_cli(env, "run", cwd=cwd)
-    while sandbox.log.count() < before + count and process.poll() is None:
+    while not ready() and process.poll() is None:
         time.sleep(0.002)
     running = process.poll() is None
     process.send_signal(signal.SIGKILL)
