@@ -37,6 +37,7 @@ INTERRUPTED = "interrupted; the next run starts from the last completed load."
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEMO_ORDERS = 2000
+DEMO_PIPELINE = "mews_demo"  # the demo's dlt pipeline: marks a file as the demo's own
 DEMO_QUERY = """select s.name as service, o.state, count(*) as orders
 from mews.product_service_orders o join mews.services s on s.id = o.service_id
 group by all order by orders desc limit 5"""
@@ -204,20 +205,27 @@ def demo_command(args: argparse.Namespace) -> int:
     import duckdb
 
     from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
-    from pipelines.mews_pipeline import RUNS_SUFFIX, beside, table_counts
+    from pipelines.mews_pipeline import RUNS_SUFFIX, beside, exclusive, table_counts
 
     if args.orders < 1:
         raise MewsConfigError("--orders must be at least 1.")
     database = Path(args.path).resolve()
-    database.unlink(missing_ok=True)  # the demo always starts from a fresh file
-    beside(str(database), RUNS_SUFFIX).unlink(missing_ok=True)
+    if database.exists():
+        # Checked before the lock, so a refused path gets no lock file beside it; and again
+        # under it, so the file cannot change hands between the check and the delete.
+        refuse_unless_demo_file(database)
+        with exclusive(str(database)):  # never while a run or a query has the file
+            refuse_unless_demo_file(database)
+            database.unlink()  # the demo's own file: the demo starts it afresh
+            Path(f"{database}.wal").unlink(missing_ok=True)
+            beside(str(database), RUNS_SUFFIX).unlink(missing_ok=True)
     print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
     sandbox = Sandbox.generate(orders=args.orders, seed=1)
     with sandbox.serve() as url, tempfile.TemporaryDirectory() as workdir:
         recorded_sync(
             "demo",
             database=str(database),
-            pipeline_name="mews_demo",
+            pipeline_name=DEMO_PIPELINE,
             pipelines_dir=workdir,
             platform_url=url,
             client_token=DEMO_CLIENT_TOKEN,
@@ -233,6 +241,25 @@ def demo_command(args: argparse.Namespace) -> int:
     with duckdb.connect(str(database), read_only=True) as con:
         print(con.sql(DEMO_QUERY))
     return EXIT_OK
+
+
+def refuse_unless_demo_file(database: Path) -> None:
+    """Raise unless `database` is a DuckDB file whose only loads came from `mews-sync demo`
+    (its dlt state names the demo's pipeline and no other): the demo replaces nothing else."""
+    import duckdb
+
+    try:
+        with duckdb.connect(str(database), read_only=True) as con:
+            names = con.execute(
+                "select distinct pipeline_name from mews._dlt_pipeline_state"
+            ).fetchall()
+    except duckdb.Error:
+        names = []  # not DuckDB, damaged, or no dlt state: not the demo's
+    if names != [(DEMO_PIPELINE,)]:
+        raise MewsConfigError(
+            f"{database} exists and was not made by `mews-sync demo`, which never replaces "
+            "such a file: give another --path."
+        )
 
 
 def sandbox_command(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+from harness import one_sentence
 from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, REPO, cli, cli_env
 
 from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
@@ -109,3 +111,42 @@ def test_mews_sync_sandbox_serves_in_the_foreground_until_ctrl_c(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+
+
+def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path):
+    sandbox = Sandbox.generate(orders=50, seed=4)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    with sandbox.serve() as url:
+        env = cli_env(tmp_path, url)
+        assert cli(env, "run", cwd=tmp_path).returncode == 0
+    synced = tmp_path / "mews_sync.duckdb"
+    garbage = tmp_path / "notes.duckdb"
+    garbage.write_bytes(b"not a database")
+    files = {path: path.read_bytes() for path in (synced, garbage)}
+    runs = synced.with_name(synced.name + ".runs.jsonl").read_bytes()
+
+    for path in files:
+        result = cli(env, "demo", "--orders", "10", "--path", str(path), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "was not made by `mews-sync demo`" in one_sentence(result.stderr)
+
+    assert {path: path.read_bytes() for path in files} == files
+    assert synced.with_name(synced.name + ".runs.jsonl").read_bytes() == runs
+    assert not garbage.with_name(garbage.name + ".lock").exists()
+
+
+def test_the_demo_replaces_its_own_file_but_not_while_it_is_in_use(tmp_path):
+    env = cli_env(tmp_path, "http://unused.invalid")
+    database = tmp_path / "mews_demo.duckdb"
+    assert cli(env, "demo", "--orders", "20", cwd=tmp_path).returncode == 0
+    with open(database.with_name(database.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        before = database.read_bytes()
+        busy = cli(env, "demo", "--orders", "30", cwd=tmp_path)
+        assert busy.returncode == 5, busy.stderr
+        assert database.read_bytes() == before
+    again = cli(env, "demo", "--orders", "30", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("select count(*) from mews.product_service_orders").fetchone() == (30,)
