@@ -37,6 +37,7 @@ OPERATIONS = frozenset({GET_ORDERS, ADD_ORDER, GET_NOTES, ADD_NOTES, UPDATE_NOTE
 MAX_ITEMS = 1000
 MAX_INTERVAL_MONTHS = 3
 DEFAULT_NOTE_TYPES = frozenset({"General", "ChannelManager"})
+SERVICE_TYPES = {"Bookable": True, "Additional": False}  # ServiceType filter -> bookable
 RESULT_CACHE_SIZE = 32
 # Method names, not bound methods: those would tie the sandbox in a reference cycle, and a
 # dropped sandbox of a million orders would wait for the cyclic GC instead of going at once.
@@ -53,27 +54,54 @@ class Faults:
     """Injected failures, all off by default. One seeded RNG: the same requests fail alike."""
 
     seed: int = 0
+    """Seed of the fault RNG; new Faults settings restart its sequence."""
     latency_s: float = 0.0
+    """Seconds added to every request, outside the lock (slow, not serialized)."""
     error_500: float = 0.0
+    """Share of requests answered 500."""
     error_408: float = 0.0
+    """Share of requests answered 408 at once."""
     error_429: float = 0.0
+    """Share of requests answered 429 (with Retry-After: 1 unless switched off)."""
     retry_after_header: bool = True
+    """Injected 429s carry Retry-After (the docs: it can be missing)."""
     drop: float = 0.0
+    """Share of requests whose connection is dropped without an answer."""
     heavy_count: int | None = None
+    """getAll requests with Limitation.Count above this are "too heavy": 408 at once."""
     malformed_json: float = 0.0
+    """Share of 200 answers whose body is cut in half."""
     only_operations: set[str] | None = None
+    """Inject faults into these operations only (None: every operation)."""
 
 
 @dataclass
 class SandboxConfig:
+    """What the documentation leaves open or has changed, and the failures to inject. The
+    defaults follow the current documentation; failure modes are off."""
+
     interval_semantics: Literal["half_open", "inclusive"] = "half_open"
-    note_shape: NoteShape = "seed"
+    """Time filters: half-open Start <= X < End (today's docs) or inclusive (an older page)."""
+    note_shape: NoteShape = "current"
+    """Notes with OrderId + UpdatedUtc (current docs) or the seed's ServiceOrderId and no
+    UpdatedUtc."""
     service_shape: ServiceShape = "current"
+    """Services with Names + Data.Discriminator (current) or the older Name + Type."""
+    legacy_values: bool = False
+    """Generated orders use older enum values: some Enquired beside Inquired, no RoomingList
+    CommanderOrigin. Read by Sandbox.generate (it shapes the data, not the answers)."""
+    null_note_text: float = 0.02
+    """Share of generated notes whose Text is null (the spec makes no note field required).
+    Read by Sandbox.generate."""
     rate_limit: tuple[int, float] | None = None
+    """(requests, seconds): a sliding window per AccessToken; 429 beyond it. Mews: (200, 30)."""
     faults: Faults = field(default_factory=Faults)
-    # Whether a note change bumps its order's UpdatedUtc is undocumented; plausible, so on.
+    """Injected failures."""
     notes_bump_order: bool = True
-    updated_utc_required: bool = True
+    """A note change bumps its order's UpdatedUtc (undocumented; plausible, so on)."""
+    updated_utc_required: bool = False
+    """productServiceOrders/getAll refuses a request without UpdatedUtc (one seed says so; the
+    current docs make it optional)."""
 
 
 @dataclass(frozen=True)
@@ -296,8 +324,11 @@ class Sandbox:
                  now: datetime | None = None) -> "Sandbox":
         """Deterministic: the same orders, seed and `now` give identical data. `now` defaults
         to the current hour, so nothing generated lies in the future."""
+        config = config or SandboxConfig()
         with data.paused_gc():
-            dataset = data.generate(orders, seed, now or _default_anchor())
+            dataset = data.generate(orders, seed, now or _default_anchor(),
+                                    legacy_values=config.legacy_values,
+                                    null_note_text=config.null_note_text)
             return cls(config, dataset=dataset, seed=seed)
 
     # --- tokens -------------------------------------------------------------------------
@@ -673,12 +704,16 @@ class Sandbox:
         count, cursor = _limitation(payload)
         service_ids = _string_set(payload, "ServiceIds")
         enterprises = self._visible_enterprises(payload, scope)
+        service_type = _optional_str(payload, "ServiceType")
+        if service_type is not None and service_type not in SERVICE_TYPES:
+            raise _bad(f"Invalid ServiceType {service_type!r}.")
         window = _interval(payload, "UpdatedUtc")
         cursor_seq = self._cursor_seq(self._services, cursor)
         inclusive = self._inclusive()
         found = [s for s in self._services.values()
                  if s.EnterpriseId in enterprises
                  and (service_ids is None or s.Id in service_ids)
+                 and (service_type is None or SERVICE_TYPES[service_type] == s.bookable)
                  and (window is None or _within(s.UpdatedUtc, window, inclusive))]
         page = _page(found, cursor_seq, count)
         shape = self.config.service_shape

@@ -23,12 +23,17 @@ NoteShape = Literal["seed", "current"]
 ServiceShape = Literal["current", "legacy"]
 
 DAY = 86_400
+# The last state is "Inquired" again today; with legacy values it is the older spelling
+# "Enquired", so that old data mixes both. Same weights either way: the same draws.
 ORDER_STATES = ("Processed", "Confirmed", "Canceled", "Inquired", "Started", "Optional",
-                "Requested", "Enquired")  # "Enquired": the older spelling, still in old data
+                "Requested", "Inquired")
+LEGACY_ORDER_STATES = (*ORDER_STATES[:-1], "Enquired")
 ORDER_STATE_WEIGHTS = (45, 20, 12, 6, 5, 5, 4, 3)
 ORIGINS = ("Distributor", "ChannelManager", "Commander", "Import", "Connector", "Navigator")
 ORIGIN_WEIGHTS = (30, 25, 25, 2, 10, 8)
-COMMANDER_ORIGINS = ("InPerson", "Channel", "Phone", "Email", "Website", "Message", "CallCenter")
+LEGACY_COMMANDER_ORIGINS = ("InPerson", "Channel", "Phone", "Email", "Website", "Message",
+                            "CallCenter")
+COMMANDER_ORIGINS = (*LEGACY_COMMANDER_ORIGINS, "RoomingList")  # added 2026-01
 CHANNELS = ("Booking.com", "Expedia", "Airbnb", "Hotelbeds")
 ADDITIONAL_SERVICES = ("Breakfast", "Parking", "Spa", "Airport transfer", "City tour",
                        "Late checkout", "Minibar")
@@ -103,7 +108,7 @@ class Note:
     seq: int
     Id: str
     OrderId: str
-    Text: str
+    Text: str | None  # the spec requires no field of a note
     Type: str
     CreatedUtc: float
     UpdatedUtc: float
@@ -201,14 +206,17 @@ def service_to_api(service: Service, shape: ServiceShape) -> dict[str, Any]:
         "Id": service.Id,
         "EnterpriseId": service.EnterpriseId,
         "IsActive": service.IsActive,
-        "Name": service.Name,
         "Names": {"en-US": service.Name},
         "CreatedUtc": fmt_ts(service.CreatedUtc),
         "UpdatedUtc": fmt_ts(service.UpdatedUtc),
     }
-    if shape == "legacy":
+    if shape == "legacy":  # older responses: the single Name and Type, no Data
+        api["Name"] = service.Name
         api["Type"] = "Reservable" if service.bookable else "Orderable"
-    elif service.bookable:
+        return api
+    api["Options"] = {"BillAsPackage": False}
+    api["Ordering"] = service.seq
+    if service.bookable:
         api["Data"] = {"Discriminator": "Bookable", "Value": {
             "StartOffset": "P0M0DT14H0M0S", "EndOffset": "P0M0DT12H0M0S",
             "OccupancyStartOffset": "P0M0DT14H0M0S", "OccupancyEndOffset": "P0M0DT12H0M0S",
@@ -259,8 +267,10 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def generate(orders: int, seed: int, now: datetime) -> Dataset:
-    """Same (orders, seed, now) -> identical data. Nothing is later than `now`."""
+def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = False,
+             null_note_text: float = 0.0) -> Dataset:
+    """Same arguments -> identical data. Nothing is later than `now`. `legacy_values` and
+    `null_note_text` change only the values they name: the random draws stay the same."""
     rng = random.Random(seed)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -300,7 +310,9 @@ def generate(orders: int, seed: int, now: datetime) -> Dataset:
     service_weights = [enterprise_weight[s.EnterpriseId] * (1 if s.IsActive else 0.3)
                        for s in additional]
     services = rng.choices([s.Id for s in additional], service_weights, k=orders)
-    states = rng.choices(ORDER_STATES, ORDER_STATE_WEIGHTS, k=orders)
+    states = rng.choices(LEGACY_ORDER_STATES if legacy_values else ORDER_STATES,
+                         ORDER_STATE_WEIGHTS, k=orders)
+    commander_origins = LEGACY_COMMANDER_ORIGINS if legacy_values else COMMANDER_ORIGINS
     origins = rng.choices(ORIGINS, ORIGIN_WEIGHTS, k=orders)
     # Creation sequence follows CreatedUtc, except imports, which carry an earlier CreatedUtc.
     created_times = sorted(start + int(rand() * (anchor - start)) for _ in range(orders))
@@ -340,7 +352,7 @@ def generate(orders: int, seed: int, now: datetime) -> Dataset:
             Number=str(seq + 1),
             State=state,
             Origin=origin,
-            CommanderOrigin=pick(COMMANDER_ORIGINS) if origin == "Commander" else None,
+            CommanderOrigin=pick(commander_origins) if origin == "Commander" else None,
             OriginDetails=pick(CHANNELS) if origin == "ChannelManager" else None,
             CreatedUtc=created,
             UpdatedUtc=updated,
@@ -363,9 +375,12 @@ def generate(orders: int, seed: int, now: datetime) -> Dataset:
             note_type = next(note_types)
             created = order.CreatedUtc + int(rand() * (order.UpdatedUtc - order.CreatedUtc + 1))
             edited = rand() < 0.1
+            text: str | None = pick(NOTE_TEXTS[note_type])
+            if rand() < null_note_text:
+                text = None
             data.notes.append(Note(
                 seq=len(data.notes), Id=new_id(rng), OrderId=order.Id,
-                Text=pick(NOTE_TEXTS[note_type]), Type=note_type, CreatedUtc=created,
+                Text=text, Type=note_type, CreatedUtc=created,
                 UpdatedUtc=created + int(rand() * (order.UpdatedUtc - created + 1)) if edited
                 else created))
     return data

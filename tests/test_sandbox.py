@@ -113,7 +113,9 @@ def test_generated_orders_are_plausible(sb: Sandbox) -> None:
         }
         assert order["UpdatedUtc"].endswith("Z") and len(order["UpdatedUtc"]) == 20
     states = Counter(o["State"] for o in orders)
-    assert states["Enquired"] > 0 and states["Inquired"] > 0 and states["Processed"] > 500
+    assert states["Enquired"] == 0 and states["Inquired"] > 0 and states["Processed"] > 500
+    origins = Counter(o["CommanderOrigin"] for o in orders)
+    assert origins["RoomingList"] > 0
     for name in (
         "BookerId",
         "LinkedReservationId",
@@ -124,6 +126,29 @@ def test_generated_orders_are_plausible(sb: Sandbox) -> None:
     ):
         assert any(o[name] for o in orders) and any(o[name] is None for o in orders), name
     assert {o["AccountType"] for o in orders} == {"Customer", "Company"}
+
+
+def test_legacy_values_mix_the_older_spelling_and_drop_new_values() -> None:
+    current = Sandbox.generate(orders=3000, seed=5, now=NOW).orders()
+    legacy = Sandbox.generate(
+        orders=3000, seed=5, now=NOW, config=SandboxConfig(legacy_values=True)
+    ).orders()
+    states = Counter(o["State"] for o in legacy)
+    assert states["Enquired"] > 0 and states["Inquired"] > 0
+    assert "RoomingList" not in {o["CommanderOrigin"] for o in legacy}
+    assert [o["Id"] for o in legacy] == [o["Id"] for o in current]  # the same draws
+    for old, new in zip(legacy, current, strict=True):
+        if old["State"] != new["State"]:
+            assert (old["State"], new["State"]) == ("Enquired", "Inquired")
+
+
+def test_some_notes_have_no_text_unless_switched_off() -> None:
+    notes = Sandbox.generate(orders=3000, seed=5, now=NOW).notes()
+    assert 0.005 < sum(n["Text"] is None for n in notes) / len(notes) < 0.05
+    config = SandboxConfig(null_note_text=0.0)
+    texts = Sandbox.generate(orders=3000, seed=5, now=NOW, config=config).notes()
+    assert all(n["Text"] for n in texts)
+    assert [n["Id"] for n in texts] == [n["Id"] for n in notes]  # only Text changed
 
 
 def test_the_newest_page_has_whole_columns_of_nulls(sb: Sandbox) -> None:
@@ -147,16 +172,16 @@ def test_notes_average_about_one_and_a_half_per_order(sb: Sandbox) -> None:
     assert 1.2 < len(notes) / 3000 < 1.9
     types = Counter(n["Type"] for n in notes)
     assert types["General"] > types["ChannelManager"] > types["SpecialRequest"] > 0
-    per_order = Counter(n["ServiceOrderId"] for n in notes)
+    per_order = Counter(n["OrderId"] for n in notes)
     assert max(per_order.values()) < 1000  # only large data sets have huge note lists
     orders = {o["Id"]: o for o in sb.orders()}
     for note in notes:
-        assert note["CreatedUtc"] <= orders[note["ServiceOrderId"]]["UpdatedUtc"]
+        assert note["CreatedUtc"] <= note["UpdatedUtc"] <= orders[note["OrderId"]]["UpdatedUtc"]
     assert sb.notes(types=["SpecialRequest"]) == [n for n in notes if n["Type"] == "SpecialRequest"]
 
 
 def test_large_data_sets_have_orders_with_more_than_1000_notes(big: Sandbox) -> None:
-    per_order = Counter(n["ServiceOrderId"] for n in big.notes())
+    per_order = Counter(n["OrderId"] for n in big.notes())
     assert 2 <= sum(1 for n in per_order.values() if n > 1000) <= 3
 
 
@@ -276,7 +301,6 @@ def _orders_request(sb: Sandbox) -> dict[str, Any]:
         ({"AccountIds": [f"id-{i}" for i in range(1001)]}, "1000"),
         ({"LinkedReservationIds": [f"id-{i}" for i in range(1001)]}, "1000"),
         ({"States": [1, 2]}, "States"),
-        ({"UpdatedUtc": None}, "UpdatedUtc"),
         ({"UpdatedUtc": {"StartUtc": "2025-01-01T00:00:00Z"}}, "EndUtc"),
         ({"UpdatedUtc": {"EndUtc": "2025-01-01T00:00:00Z"}}, "StartUtc"),
         ({"UpdatedUtc": "2025-01-01T00:00:00Z"}, "UpdatedUtc"),
@@ -334,14 +358,15 @@ def test_orders_get_all_accepts_intervals_up_to_three_calendar_months(
     assert response.status_code == 200, response.text
 
 
-def test_updated_utc_may_be_optional(mews_call: Any) -> None:
+def test_updated_utc_is_optional_unless_required(mews_call: Any) -> None:
     sb = Sandbox.generate(orders=50, seed=1, now=NOW)
     request = {**_orders_request(sb)}
     del request["UpdatedUtc"]
-    assert mews_call(sb, ORDERS, **request).status_code == 400
-    sb.config.updated_utc_required = False
     response = mews_call(sb, ORDERS, **request)
     assert response.status_code == 200 and len(response.json()["ProductServiceOrders"]) == 10
+    sb.config.updated_utc_required = True
+    response = mews_call(sb, ORDERS, **request)
+    assert response.status_code == 400 and "UpdatedUtc" in response.json()["Message"]
 
 
 @pytest.mark.parametrize(
@@ -431,9 +456,7 @@ def test_unknown_cursor_is_400_even_if_it_is_another_kind_of_id(
 
 
 def test_paging_goes_on_where_it_was_while_data_changes(mews_call: Any) -> None:
-    sb = Sandbox.generate(
-        orders=200, seed=3, now=NOW, config=SandboxConfig(updated_utc_required=False)
-    )
+    sb = Sandbox.generate(orders=200, seed=3, now=NOW)
     sb.clock = lambda: NOW
     request = {"ServiceIds": product_service_ids(sb)}
     before = [
@@ -458,9 +481,7 @@ def test_paging_goes_on_where_it_was_while_data_changes(mews_call: Any) -> None:
 
 
 def test_a_cursor_item_that_left_the_filter_still_works(mews_call: Any) -> None:
-    sb = Sandbox.generate(
-        orders=400, seed=4, now=NOW, config=SandboxConfig(updated_utc_required=False)
-    )
+    sb = Sandbox.generate(orders=400, seed=4, now=NOW)
     request = {"ServiceIds": product_service_ids(sb), "States": ["Processed"]}
     baseline = flat(all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 5, **request))
     first = mews_call(sb, ORDERS, Limitation={"Count": 5}, **request).json()
@@ -576,9 +597,7 @@ def test_orders_filters(sb: Sandbox, mews_call: Any) -> None:
 
 
 def test_portfolio_tokens_and_enterprise_ids(mews_call: Any) -> None:
-    sb = Sandbox.generate(
-        orders=600, seed=8, now=NOW, config=SandboxConfig(updated_utc_required=False)
-    )
+    sb = Sandbox.generate(orders=600, seed=8, now=NOW)
     first, second, _ = (e["Id"] for e in sb.enterprises())
     enterprise_of = {s["Id"]: s["EnterpriseId"] for s in sb.services()}
     services = product_service_ids(sb)
@@ -623,7 +642,7 @@ def test_portfolio_tokens_and_enterprise_ids(mews_call: Any) -> None:
 
 
 def _orders_with_notes(sb: Sandbox, minimum: int) -> list[str]:
-    per_order = Counter(n["ServiceOrderId"] for n in sb.notes())
+    per_order = Counter(n["OrderId"] for n in sb.notes())
     return [o for o, n in per_order.items() if n >= minimum]
 
 
@@ -638,25 +657,26 @@ def test_notes_default_types_and_shapes(mews_call: Any) -> None:
         )
         return flat(pages)
 
-    truth = [n for n in reversed(sb.notes()) if n["ServiceOrderId"] in set(order_ids)]
+    truth = [n for n in reversed(sb.notes()) if n["OrderId"] in set(order_ids)]
     assert notes() == [n for n in truth if n["Type"] != "SpecialRequest"]
     assert notes(Types=["SpecialRequest"]) == [n for n in truth if n["Type"] == "SpecialRequest"]
     assert notes(Types=every_type) == truth
-    assert all(set(n) == {"Id", "ServiceOrderId", "Text", "Type", "CreatedUtc"} for n in truth)
-
-    sb.config.note_shape = "current"
-    current = notes(Types=every_type)
     assert all(
-        set(n) == {"Id", "OrderId", "Text", "Type", "CreatedUtc", "UpdatedUtc"} for n in current
+        set(n) == {"Id", "OrderId", "Text", "Type", "CreatedUtc", "UpdatedUtc"} for n in truth
     )
-    assert [(n["Id"], n["OrderId"]) for n in current] == [
-        (n["Id"], n["ServiceOrderId"]) for n in truth
+
+    sb.config.note_shape = "seed"
+    seed = notes(Types=every_type)
+    assert all(set(n) == {"Id", "ServiceOrderId", "Text", "Type", "CreatedUtc"} for n in seed)
+    assert [(n["Id"], n["ServiceOrderId"]) for n in seed] == [
+        (n["Id"], n["OrderId"]) for n in truth
     ]
-    assert current == [n for n in reversed(sb.notes()) if n["OrderId"] in set(order_ids)]
+    assert seed == [n for n in reversed(sb.notes()) if n["ServiceOrderId"] in set(order_ids)]
+    sb.config.note_shape = "current"
 
     picked = [n["Id"] for n in truth[::5]]
     assert [n["Id"] for n in notes(Types=every_type, ServiceOrderNoteIds=picked)] == picked
-    edited = [n for n in current if n["UpdatedUtc"] != n["CreatedUtc"]]
+    edited = [n for n in truth if n["UpdatedUtc"] != n["CreatedUtc"]]
     assert edited  # some notes were edited after creation
     stamp = utc(edited[0]["UpdatedUtc"])
     exact = notes(Types=every_type, UpdatedUtc=window(stamp, stamp))
@@ -667,13 +687,13 @@ def test_notes_default_types_and_shapes(mews_call: Any) -> None:
     services = {s["Id"] for s in sb.services() if s["EnterpriseId"] == enterprise}
     in_enterprise = {o["Id"] for o in sb.orders() if o["ServiceId"] in services}
     assert notes(Types=every_type, EnterpriseIds=[enterprise]) == [
-        n for n in current if n["OrderId"] in in_enterprise
+        n for n in truth if n["OrderId"] in in_enterprise
     ]
 
 
 def test_more_than_1000_notes_of_one_order_come_in_pages(big: Sandbox, mews_call: Any) -> None:
     order_id = _orders_with_notes(big, 1001)[0]
-    truth = [n for n in reversed(big.notes()) if n["ServiceOrderId"] == order_id]
+    truth = [n for n in reversed(big.notes()) if n["OrderId"] == order_id]
     pages = all_pages(mews_call, big, NOTES, "ServiceOrderNotes", 1000, ServiceOrderIds=[order_id])
     assert [len(p) for p in pages][0] == 1000 and len(pages) >= 3
     assert flat(pages) == [n for n in truth if n["Type"] != "SpecialRequest"]
@@ -708,12 +728,13 @@ def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
             "Id",
             "EnterpriseId",
             "IsActive",
-            "Name",
             "Names",
+            "Options",
+            "Ordering",
             "CreatedUtc",
             "UpdatedUtc",
             "Data",
-        } == set(service)
+        } == set(service)  # the deprecated Name is gone
         assert service["Data"]["Discriminator"] in ("Additional", "Bookable")
     enterprise = got[0]["EnterpriseId"]
     mine = mews_call(sb, SERVICES, Limitation={"Count": 100}, EnterpriseIds=[enterprise]).json()
@@ -729,7 +750,27 @@ def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
 
     sb.config.service_shape = "legacy"
     legacy = flat(all_pages(mews_call, sb, SERVICES, "Services", 100))
-    assert all("Data" not in s for s in legacy)
+    assert all("Data" not in s and "Options" not in s for s in legacy)
+    assert [s["Name"] for s in legacy] == [s["Names"]["en-US"] for s in got]
     assert [s["Type"] for s in legacy] == [
         "Reservable" if s["Data"]["Discriminator"] == "Bookable" else "Orderable" for s in got
     ]
+
+
+@pytest.mark.parametrize("kind", ["Additional", "Bookable"])
+def test_services_filter_by_service_type(mews_call: Any, kind: str) -> None:
+    sb = Sandbox.generate(orders=10, seed=1, now=NOW)
+    every = flat(all_pages(mews_call, sb, SERVICES, "Services", 100))
+    typed = flat(all_pages(mews_call, sb, SERVICES, "Services", 100, ServiceType=kind))
+    assert typed == [s for s in every if s["Data"]["Discriminator"] == kind]
+    assert typed and len(typed) < len(every)
+    sb.config.service_shape = "legacy"  # the filter is on the data, whatever the shape
+    assert len(flat(all_pages(mews_call, sb, SERVICES, "Services", 100, ServiceType=kind))) == len(
+        typed
+    )
+
+
+@pytest.mark.parametrize("value", ["Orderable", 1, ["Additional"]])
+def test_an_unknown_service_type_is_400(sb: Sandbox, mews_call: Any, value: Any) -> None:
+    response = mews_call(sb, SERVICES, Limitation={"Count": 5}, ServiceType=value)
+    assert response.status_code == 400 and "ServiceType" in response.json()["Message"]

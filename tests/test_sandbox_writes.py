@@ -76,7 +76,7 @@ def fill(value: Any, names: dict[str, str]) -> Any:
 def order_with_notes(sb: Sandbox, minimum: int) -> str:
     counts: dict[str, int] = {}
     for note in sb.notes():
-        counts[note["ServiceOrderId"]] = counts.get(note["ServiceOrderId"], 0) + 1
+        counts[note["OrderId"]] = counts.get(note["OrderId"], 0) + 1
     return next(o for o, n in counts.items() if n >= minimum)
 
 
@@ -123,7 +123,7 @@ def test_orders_add_creates_a_confirmed_connector_order_and_its_note(
     assert order["BusinessSegmentId"] == "seg-1"
     [note] = get_notes(mews_call, sb, created["OrderId"])
     assert note["Text"] == "Leave it at the reception." and note["Type"] == "General"
-    assert note["ServiceOrderId"] == created["OrderId"] and note["CreatedUtc"] == iso(LATER)
+    assert note["OrderId"] == created["OrderId"] and note["CreatedUtc"] == iso(LATER)
 
     newest = mews_call(
         sb, ORDERS, ServiceIds=[target["Id"]], UpdatedUtc=around(LATER), Limitation={"Count": 1}
@@ -214,9 +214,7 @@ def test_orders_add_refusals(
 
 def test_notes_add_update_delete_round_trip(sb: Sandbox, mews_call: Any) -> None:
     order_id = order_with_notes(sb, 2)
-    bare = next(
-        o["Id"] for o in sb.orders() if o["Id"] not in {n["ServiceOrderId"] for n in sb.notes()}
-    )
+    bare = next(o["Id"] for o in sb.orders() if o["Id"] not in {n["OrderId"] for n in sb.notes()})
     before = get_notes(mews_call, sb, order_id)
 
     added = mews_call(
@@ -229,7 +227,7 @@ def test_notes_add_update_delete_round_trip(sb: Sandbox, mews_call: Any) -> None
     )
     assert added.status_code == 200, added.text
     new = added.json()["ServiceOrderNotes"]
-    assert [(n["ServiceOrderId"], n["Text"], n["Type"], n["CreatedUtc"]) for n in new] == [
+    assert [(n["OrderId"], n["Text"], n["Type"], n["CreatedUtc"]) for n in new] == [
         (order_id, "Shaken, not stirred.", "General", iso(LATER)),
         (bare, "Příjezd po půlnoci ✓", "General", iso(LATER)),
     ]
@@ -255,7 +253,6 @@ def test_notes_add_update_delete_round_trip(sb: Sandbox, mews_call: Any) -> None
     texts = {n["Id"]: n["Text"] for n in get_notes(mews_call, sb, order_id)}
     assert texts[new[0]["Id"]] == "Stirred after all." and texts[before[0]["Id"]] == "Edited too."
     assert get_order(mews_call, sb, order_id, edit_time)["UpdatedUtc"] == iso(edit_time)
-    sb.config.note_shape = "current"
     current = {n["Id"]: n for n in get_notes(mews_call, sb, order_id)}
     assert current[new[0]["Id"]]["UpdatedUtc"] == iso(edit_time)
     assert current[new[0]["Id"]]["CreatedUtc"] == iso(LATER)
@@ -279,7 +276,6 @@ def test_note_changes_leave_the_order_alone_when_bumping_is_off(
 ) -> None:
     order_id = order_with_notes(sb, 1)
     sb.config.notes_bump_order = False
-    sb.config.note_shape = "current"
     order_before = next(o for o in sb.orders() if o["Id"] == order_id)
     note_id = mews_call(
         sb, "serviceOrderNotes/add", ServiceOrderNotes=[{"ServiceOrderId": order_id, "Text": "x"}]
@@ -364,7 +360,7 @@ def test_note_writes_are_validated_and_all_or_nothing(
     sb: Sandbox, mews_call: Any, operation: str, fields: dict[str, Any], message: str
 ) -> None:
     order_id = order_with_notes(sb, 1)
-    note_id = next(n["Id"] for n in sb.notes() if n["ServiceOrderId"] == order_id)
+    note_id = next(n["Id"] for n in sb.notes() if n["OrderId"] == order_id)
     before_notes, before_orders = sb.notes(), sb.orders()
     response = mews_call(sb, operation, **fill(fields, {"ORDER": order_id, "NOTE": note_id}))
     assert response.status_code == 400, response.text
