@@ -23,7 +23,6 @@ from .client import (
     Counters,
     MewsClient,
     MewsConfigError,
-    RequestTooHeavyError,
     format_utc,
 )
 from .settings import (
@@ -36,7 +35,6 @@ from .settings import (
     MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_WINDOW_MONTHS,
-    MIN_WINDOW,
     ORDERS_PER_ITEM,
     PAGE_SIZE,
     PRODUCT_SERVICE_DISCRIMINATOR,
@@ -184,25 +182,17 @@ def mews_source(
         pages = api.product_service_orders(
             ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_COLUMNS)
         )
-        try:
-            batch: list[pa.Table] = []
-            for page in pages:
-                counts.add(order_pages=1, orders=len(page))
-                batch.append(to_table(page, ORDER_COLUMNS))
-                if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
-                    yield concat(batch)
-                    batch = []
-            if batch:
+        # The client asks for less when a request is too heavy; pages may then come again,
+        # and one row per order is kept in the end.
+        batch: list[pa.Table] = []
+        for page in pages:
+            counts.add(order_pages=1, orders=len(page))
+            batch.append(to_table(page, ORDER_COLUMNS))
+            if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
                 yield concat(batch)
-        except RequestTooHeavyError:
-            # Even small pages are too heavy: ask for a shorter interval. Pages already
-            # yielded come again; one row per order is kept in the end.
-            start, stop = window
-            if stop - start <= MIN_WINDOW:
-                raise
-            middle = start + (stop - start) / 2
-            yield from orders_in(ids, (start, middle))
-            yield from orders_in(ids, (middle, stop))
+                batch = []
+        if batch:
+            yield concat(batch)
 
     @dlt.transformer(
         data_from=product_service_orders,

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +34,7 @@ from .settings import (
     MAX_IDS_PER_REQUEST,
     MAX_RETRIES,
     MIN_PAGE_SIZE,
+    MIN_WINDOW,
     NOTES_OPERATION,
     ORDERS_OPERATION,
     PAGE_SIZE,
@@ -44,6 +46,8 @@ from .settings import (
 
 # A page of items: decoded objects, or an Arrow table of the fields the caller asked for.
 Page = list[dict[str, Any]] | pa.Table
+Interval = tuple[datetime, datetime]  # [start, end) of UpdatedUtc
+Part = TypeVar("Part")  # what a request asks for that can be halved: ids, an interval
 
 
 class MewsError(Exception):
@@ -107,6 +111,7 @@ class ClientStats(Counters):
     retries: int = 0
     throttled: int = 0  # 429 answers
     heavy: int = 0  # 408 answers
+    splits: int = 0  # requests halved (ids or interval) because even small pages were too heavy
     limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
     throttle_wait_seconds: float = 0.0  # waited because of 429s
 
@@ -212,6 +217,21 @@ def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[lis
             batch = []
     if batch:
         yield batch
+
+
+def halve_ids(ids: list[str]) -> tuple[list[str], list[str]] | None:
+    """Two halves of a batch of ids; None for a single id."""
+    half = len(ids) // 2
+    return (ids[:half], ids[half:]) if half else None
+
+
+def halve_interval(window: Interval) -> tuple[Interval, Interval] | None:
+    """Two halves of [start, end); None once it is MIN_WINDOW or shorter."""
+    start, end = window
+    if end - start <= MIN_WINDOW:
+        return None
+    middle = start + (end - start) / 2
+    return (start, middle), (middle, end)
 
 
 def check_platform_url(url: str) -> str:
@@ -418,17 +438,25 @@ class MewsClient:
         enterprise_ids: list[str] | None = None,
         item_schema: pa.Schema | None = None,
     ) -> Iterator[Page]:
-        """Pages of orders of these services whose UpdatedUtc is in the interval.
+        """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to).
 
         The caller keeps the interval within MAX_WINDOW_MONTHS; any number of service ids.
+        When even small pages are too heavy, the interval is halved (down to MIN_WINDOW);
+        pages already yielded for it come again: keep one row per order id.
         `item_schema`: see `iter_pages`.
         """
-        interval = {"StartUtc": format_utc(updated_from), "EndUtc": format_utc(updated_to)}
         for services in chunked(service_ids):
-            filters: dict[str, Any] = {"ServiceIds": services, "UpdatedUtc": interval}
+            filters: dict[str, Any] = {"ServiceIds": services}
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
-            yield from self.iter_pages(ORDERS_OPERATION, filters, item_schema)
+            walk = partial(self._orders_in, filters, item_schema)
+            yield from self._ask_for_less(walk, (updated_from, updated_to), halve_interval)
+
+    def _orders_in(
+        self, filters: dict[str, Any], item_schema: pa.Schema | None, window: Interval
+    ) -> Iterator[Page]:
+        interval = {"StartUtc": format_utc(window[0]), "EndUtc": format_utc(window[1])}
+        return self.iter_pages(ORDERS_OPERATION, {**filters, "UpdatedUtc": interval}, item_schema)
 
     def service_order_notes(
         self,
@@ -439,32 +467,47 @@ class MewsClient:
     ) -> Iterator[Page]:
         """Pages of the notes of these orders, any number of ids, in batches of 1000.
 
-        When even small pages are too heavy (408), the batch of ids is halved; pages already
+        When even small pages are too heavy, the batch of ids is halved; pages already
         yielded for it come again. `item_schema`: see `iter_pages`.
         """
-        for orders in chunked(order_ids):
-            yield from self._notes_batch(orders, list(types or []), enterprise_ids, item_schema)
-
-    def _notes_batch(
-        self,
-        order_ids: list[str],
-        types: list[str],
-        enterprise_ids: list[str] | None,
-        item_schema: pa.Schema | None,
-    ) -> Iterator[Page]:
-        filters: dict[str, Any] = {"ServiceOrderIds": order_ids}
-        if types:
+        filters: dict[str, Any] = {}
+        if types := list(types or []):
             filters["Types"] = types
         if enterprise_ids:
             filters["EnterpriseIds"] = enterprise_ids
+
+        walk = partial(self._notes_of, filters, item_schema)
+        for orders in chunked(order_ids):
+            yield from self._ask_for_less(walk, orders, halve_ids)
+
+    def _notes_of(
+        self, filters: dict[str, Any], item_schema: pa.Schema | None, order_ids: list[str]
+    ) -> Iterator[Page]:
+        filters = {"ServiceOrderIds": order_ids, **filters}
+        return self.iter_pages(NOTES_OPERATION, filters, item_schema)
+
+    def _ask_for_less(
+        self,
+        walk: Callable[[Part], Iterator[Page]],
+        part: Part,
+        halve: Callable[[Part], tuple[Part, Part] | None],
+    ) -> Iterator[Page]:
+        """The pages of `walk(part)`; when even its smallest page is too heavy (`iter_pages`
+        already shrank the page), the pages of each of the two halves `halve(part)` gives, and
+        so on down to where `halve` gives None. Pages yielded before a split come again.
+
+        The one place a request asks for less than it did: a 408 says retrying the same
+        request is not the fix.
+        """
         try:
-            yield from self.iter_pages(NOTES_OPERATION, filters, item_schema)
+            yield from walk(part)
         except RequestTooHeavyError:
-            if len(order_ids) == 1:
+            halves = halve(part)
+            if halves is None:
                 raise
-            half = len(order_ids) // 2
-            yield from self._notes_batch(order_ids[:half], types, enterprise_ids, item_schema)
-            yield from self._notes_batch(order_ids[half:], types, enterprise_ids, item_schema)
+            self._count(splits=1)
+            for half in halves:
+                yield from self._ask_for_less(walk, half, halve)
 
     def services(
         self, service_ids: list[str] | None = None, enterprise_ids: list[str] | None = None

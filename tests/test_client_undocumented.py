@@ -1,0 +1,163 @@
+"""The client against fake Mews servers that each take one reading of what the documentation
+leaves open: heavy requests, short pages, how "3 months" is counted, timeouts, rate limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from sources.mews.client import ClientStats, MewsClient, RequestTooHeavyError
+from sources.mews.settings import MIN_PAGE_SIZE, MIN_WINDOW, NOTES_OPERATION, ORDERS_OPERATION
+
+SERVICE = "3b2a7f0e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
+START = datetime(2023, 1, 1, tzinfo=UTC)
+
+
+def parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def answer(status: int, body: Any = None, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, json=body if body is not None else {"Message": "no"}, headers=headers
+    )
+
+
+@dataclass
+class FakeMews:
+    """Orders (id, UpdatedUtc) and notes (id, order id), paged newest first as Mews does.
+
+    `refuse(operation, body)` may answer instead (a 408, 400, 429 ...) or raise a transport
+    error; `requests` holds every body asked for, in order.
+    """
+
+    orders: list[tuple[str, datetime]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    refuse: Callable[[str, dict[str, Any]], httpx.Response | None] = lambda op, body: None
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        operation = request.url.path.removeprefix("/api/connector/v1/")
+        body = json.loads(request.content)
+        self.requests.append((operation, body))
+        if (refused := self.refuse(operation, body)) is not None:
+            return refused
+        if operation == ORDERS_OPERATION:
+            window = body["UpdatedUtc"]
+            start, end = parse(window["StartUtc"]), parse(window["EndUtc"])
+            found = [
+                {"Id": i, "UpdatedUtc": u.isoformat()}
+                for i, u in sorted(self.orders, key=lambda o: o[1], reverse=True)
+                if start <= u < end
+            ]
+            return self.page(body, "ProductServiceOrders", found)
+        if operation == NOTES_OPERATION:
+            asked = set(body["ServiceOrderIds"])
+            found = [{"Id": i, "OrderId": o} for i, o in self.notes if o in asked]
+            return self.page(body, "ServiceOrderNotes", found)
+        return answer(404)
+
+    def page(self, body: dict[str, Any], key: str, items: list[dict[str, Any]]) -> httpx.Response:
+        limitation = body["Limitation"]
+        ids = [item["Id"] for item in items]
+        first = ids.index(limitation["Cursor"]) + 1 if limitation.get("Cursor") else 0
+        page = items[first : first + limitation["Count"]]
+        return answer(200, {key: page, "Cursor": page[-1]["Id"] if page else None})
+
+    def sent(self, operation: str = ORDERS_OPERATION) -> list[dict[str, Any]]:
+        return [body for op, body in self.requests if op == operation]
+
+
+def interval_of(body: dict[str, Any]) -> tuple[datetime, datetime]:
+    return parse(body["UpdatedUtc"]["StartUtc"]), parse(body["UpdatedUtc"]["EndUtc"])
+
+
+def daily_orders(start: datetime, days: int) -> list[tuple[str, datetime]]:
+    return [(f"o{day}", start + timedelta(days=day, hours=7)) for day in range(days)]
+
+
+class FakeClock:
+    """Time that passes only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def client_for(fake: FakeMews, clock: FakeClock | None = None, **options: Any) -> MewsClient:
+    clock = clock or FakeClock()
+    options.setdefault("rate_limit", None)
+    return MewsClient(
+        "https://api.mews.com",
+        "client-token",
+        "access-token",
+        transport=httpx.MockTransport(fake),
+        sleep=clock.sleep,
+        stats=ClientStats(),
+        **options,
+    )
+
+
+def order_ids(client: MewsClient, start: datetime, end: datetime) -> list[str]:
+    return [o["Id"] for page in client.product_service_orders([SERVICE], start, end) for o in page]
+
+
+# -- 1. asking for less: smaller pages, then fewer ids or a shorter interval -----------------
+
+
+def test_an_interval_too_heavy_even_for_small_pages_is_halved_until_it_is_light_enough():
+    def heavy_beyond_ten_days(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        start, end = interval_of(body)
+        return answer(408, {"Message": "Too heavy."}) if end - start > timedelta(days=10) else None
+
+    fake = FakeMews(orders=daily_orders(START, 90), refuse=heavy_beyond_ten_days)
+    client = client_for(fake)
+
+    found = order_ids(client, START, START + timedelta(days=90))
+
+    assert set(found) == {i for i, _ in fake.orders}
+    assert client.stats.splits > 0 and client.stats.heavy > 0
+    # Smaller pages first: the interval is halved only after the smallest page was refused.
+    sent = fake.sent()
+    first_half = next(
+        i for i, b in enumerate(sent) if interval_of(b)[0] + timedelta(90) > interval_of(b)[1]
+    )
+    assert sent[first_half - 1]["Limitation"]["Count"] == MIN_PAGE_SIZE
+
+
+def test_an_interval_too_heavy_even_at_min_window_stops_with_the_408():
+    fake = FakeMews(refuse=lambda op, body: answer(408, {"Message": "Too heavy."}))
+    client = client_for(fake)
+
+    with pytest.raises(RequestTooHeavyError, match="Too heavy"):
+        order_ids(client, START, START + timedelta(days=1))
+
+    shortest = min(end - start for start, end in map(interval_of, fake.sent()))
+    assert MIN_WINDOW / 2 < shortest <= MIN_WINDOW
+
+
+def test_a_batch_of_order_ids_too_heavy_even_for_small_pages_is_halved():
+    orders = [f"o{i}" for i in range(40)]
+    fake = FakeMews(
+        notes=[(f"n{i}", o) for i, o in enumerate(orders)],
+        refuse=lambda op, body: answer(408) if len(body["ServiceOrderIds"]) > 10 else None,
+    )
+    client = client_for(fake)
+
+    notes = [n["Id"] for page in client.service_order_notes(orders) for n in page]
+
+    assert sorted(notes) == sorted(n for n, _ in fake.notes)
+    assert client.stats.splits == 1 + 2  # 40 -> 2 x 20 -> 4 x 10
