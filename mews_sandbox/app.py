@@ -99,6 +99,9 @@ class SandboxConfig:
     """Injected failures."""
     notes_bump_order: bool = True
     """A note change bumps its order's UpdatedUtc (undocumented; plausible, so on)."""
+    short_pages: float = 0.0
+    """Share of pages that come back short although older items follow, as from a server that
+    filters after paging: a walk must go on to an empty page (null Cursor), not stop early."""
     updated_utc_required: bool = False
     """productServiceOrders/getAll refuses a request without UpdatedUtc (one seed says so; the
     current docs make it optional)."""
@@ -265,12 +268,6 @@ def _slice_bounds(keys: list[float], window: Window, inclusive: bool) -> tuple[i
 
 _seq = attrgetter("seq")
 T = TypeVar("T")
-
-
-def _page(items: list[T], cursor_seq: int | None, count: int) -> list[T]:
-    """`items` ascend by seq; a page runs newest to oldest, strictly older than the cursor."""
-    end = len(items) if cursor_seq is None else bisect_left(items, cursor_seq, key=_seq)
-    return items[max(0, end - count):end][::-1]
 
 
 def _redact(payload: dict[str, Any]) -> dict[str, Any]:
@@ -626,6 +623,20 @@ class Sandbox:
             self._results.move_to_end(key)
         return found
 
+    def _page(self, items: list[T], cursor_seq: int | None, count: int) -> list[T]:
+        """`items` ascend by seq; a page runs newest to oldest, strictly older than the cursor."""
+        end = len(items) if cursor_seq is None else bisect_left(items, cursor_seq, key=_seq)
+        start = max(0, end - count)
+        share = self.config.short_pages
+        if share and start > 0 and count > 1:
+            # Seeded by the page's place in the walk, so a retried request gets the same page.
+            # Its oldest items are left out; the next page, older than the last one shown,
+            # begins with them: short, yet nothing is lost.
+            rng = random.Random(f"short-page-{cursor_seq}-{count}")
+            if rng.random() < share:
+                start = end - 1 - int(rng.random() * (count - 1))  # 1 to count - 1 items
+        return items[start:end][::-1]
+
     def _inclusive(self) -> bool:
         return self.config.interval_semantics == "inclusive"
 
@@ -665,7 +676,7 @@ class Sandbox:
 
         key = (GET_ORDERS, services, order_ids, account_ids, reservation_ids, states, window,
                inclusive)
-        page = _page(self._cached(key, build), cursor_seq, count)
+        page = self._page(self._cached(key, build), cursor_seq, count)
         parts = []
         for order in page:
             if order.json is None:
@@ -695,7 +706,7 @@ class Sandbox:
             return found
 
         key = (GET_NOTES, order_ids, note_ids, enterprises, window, types, inclusive)
-        page = _page(self._cached(key, build), cursor_seq, count)
+        page = self._page(self._cached(key, build), cursor_seq, count)
         shape = self.config.note_shape
         return _dumps({"ServiceOrderNotes": [data.note_to_api(n, shape) for n in page],
                        "Cursor": page[-1].Id if page else None})
@@ -715,7 +726,7 @@ class Sandbox:
                  and (service_ids is None or s.Id in service_ids)
                  and (service_type is None or SERVICE_TYPES[service_type] == s.bookable)
                  and (window is None or _within(s.UpdatedUtc, window, inclusive))]
-        page = _page(found, cursor_seq, count)
+        page = self._page(found, cursor_seq, count)
         shape = self.config.service_shape
         return _dumps({"Services": [data.service_to_api(s, shape) for s in page],
                        "Cursor": page[-1].Id if page else None})

@@ -504,6 +504,33 @@ def test_an_empty_page_has_a_null_cursor_and_a_short_page_a_cursor(
     assert empty == {"ProductServiceOrders": [], "Cursor": None}
 
 
+def test_short_pages_mid_walk_lose_nothing_for_a_walk_that_follows_cursors(
+    mews_call: Any,
+) -> None:
+    sb = Sandbox.generate(orders=1500, seed=5, now=NOW)
+    request = {"ServiceIds": product_service_ids(sb)}
+    truth = [o["Id"] for o in reversed(sb.orders())]
+    full = all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 50, **request)
+    assert all(len(p) == 50 for p in full[:-1])  # by default only the last page is short
+
+    sb.config.short_pages = 0.5
+    pages = all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 50, **request)
+    assert [o["Id"] for o in flat(pages)] == truth  # every item, in order, once
+    lengths = [len(p) for p in pages[:-1]]
+    assert 0.3 < sum(n < 50 for n in lengths) / len(lengths) < 0.7 and min(lengths) >= 1
+    first_short = next(i for i, n in enumerate(lengths) if n < 50)
+    assert len(flat(pages[: first_short + 1])) < len(truth)  # stopping there misses items
+    again = all_pages(mews_call, sb, ORDERS, "ProductServiceOrders", 50, **request)
+    assert [len(p) for p in again] == [len(p) for p in pages]  # deterministic
+    notes = all_pages(mews_call, sb, NOTES, "ServiceOrderNotes", 20, ServiceOrderIds=truth[:300])
+    assert any(len(p) < 20 for p in notes[:-2])
+    assert sorted(n["Id"] for n in flat(notes)) == sorted(
+        n["Id"]
+        for n in sb.notes(types=["General", "ChannelManager"])
+        if n["OrderId"] in set(truth[:300])
+    )
+
+
 # --- intervals -------------------------------------------------------------------------------
 
 
