@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sources.mews.client import ClientStats, MewsClient, RequestTooHeavyError
+from sources.mews.client import ClientStats, MewsClient, MewsResponseError, RequestTooHeavyError
 from sources.mews.settings import MIN_PAGE_SIZE, MIN_WINDOW, NOTES_OPERATION, ORDERS_OPERATION
 
 SERVICE = "3b2a7f0e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
@@ -41,6 +41,8 @@ class FakeMews:
     notes: list[tuple[str, str]] = field(default_factory=list)
     refuse: Callable[[str, dict[str, Any]], httpx.Response | None] = lambda op, body: None
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Items a server that filters after paging drops from their page (which comes back short).
+    dropped_after_paging: set[str] = field(default_factory=set)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         operation = request.url.path.removeprefix("/api/connector/v1/")
@@ -68,7 +70,9 @@ class FakeMews:
         ids = [item["Id"] for item in items]
         first = ids.index(limitation["Cursor"]) + 1 if limitation.get("Cursor") else 0
         page = items[first : first + limitation["Count"]]
-        return answer(200, {key: page, "Cursor": page[-1]["Id"] if page else None})
+        cursor = page[-1]["Id"] if page else None
+        page = [item for item in page if item["Id"] not in self.dropped_after_paging]
+        return answer(200, {key: page, "Cursor": cursor})
 
     def sent(self, operation: str = ORDERS_OPERATION) -> list[dict[str, Any]]:
         return [body for op, body in self.requests if op == operation]
@@ -161,3 +165,42 @@ def test_a_batch_of_order_ids_too_heavy_even_for_small_pages_is_halved():
 
     assert sorted(notes) == sorted(n for n, _ in fake.notes)
     assert client.stats.splits == 1 + 2  # 40 -> 2 x 20 -> 4 x 10
+
+
+# -- 2. a short page is not the end ---------------------------------------------------------
+
+
+def test_short_pages_mid_walk_do_not_end_it_and_are_counted():
+    # Newest first in pages of 10: o24..o15, o14..o5 without o14, o4..o0 without o3, empty.
+    fake = FakeMews(orders=daily_orders(START, 25), dropped_after_paging={"o3", "o14"})
+    client = client_for(fake, page_size=10)
+
+    pages = list(client.product_service_orders([SERVICE], START, START + timedelta(days=30)))
+
+    assert [len(page) for page in pages] == [10, 9, 4]
+    assert {o["Id"] for page in pages for o in page} == {f"o{i}" for i in range(25)} - {"o3", "o14"}
+    assert len(fake.requests) == 4
+    assert (client.stats.short_pages, client.stats.end_probes) == (1, 1)
+
+
+def test_a_walk_whose_last_page_is_full_costs_no_end_probe():
+    fake = FakeMews(orders=daily_orders(START, 20))
+    client = client_for(fake, page_size=10)
+
+    assert len(order_ids(client, START, START + timedelta(days=30))) == 20
+
+    assert len(fake.requests) == 3  # 10, 10, and the empty page that ends every such walk
+    assert (client.stats.short_pages, client.stats.end_probes) == (0, 0)
+
+
+def test_a_null_cursor_ends_a_walk_and_the_same_cursor_twice_is_an_error():
+    orders = [{"Id": f"o{i}"} for i in range(10)]
+    last = FakeMews(refuse=lambda op, body: answer(200, {"ProductServiceOrders": orders[:3]}))
+    assert len(order_ids(client_for(last, page_size=10), START, START + timedelta(1))) == 3
+
+    stuck = FakeMews(
+        refuse=lambda op, body: answer(200, {"ProductServiceOrders": orders, "Cursor": "o9"})
+    )
+    with pytest.raises(MewsResponseError, match="same cursor twice"):
+        order_ids(client_for(stuck, page_size=10), START, START + timedelta(1))
+    assert len(stuck.requests) == 2

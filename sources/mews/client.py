@@ -111,6 +111,8 @@ class ClientStats(Counters):
     retries: int = 0
     throttled: int = 0  # 429 answers
     heavy: int = 0  # 408 answers
+    short_pages: int = 0  # pages with fewer items than asked for that were not the last
+    end_probes: int = 0  # requests that only showed a short page was the last: its cost
     splits: int = 0  # requests halved (ids or interval) because even small pages were too heavy
     limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
     throttle_wait_seconds: float = 0.0  # waited because of 429s
@@ -394,13 +396,16 @@ class MewsClient:
     ) -> Iterator[Page]:
         """Yield the non-empty pages of a paginated operation, newest first.
 
-        The end is a null cursor or a page shorter than asked for. A 408 halves the page size
-        for the rest of the walk, down to MIN_PAGE_SIZE. With `item_schema`, a page whose items
+        The end is a null cursor or an empty page, never a short page alone: a server that
+        filters after paging returns short pages mid-walk (the guideline says a short page
+        "implies" the end; it does not promise it). A 408 halves the page size for the rest
+        of the walk, down to MIN_PAGE_SIZE. With `item_schema`, a page whose items
         have exactly those fields comes as an Arrow table (see `read_arrow_page`).
         """
         items_key = ITEMS_KEY[operation]
         arrow_items = (items_key, item_schema) if item_schema is not None else None
         count, cursor = self.page_size, None
+        short = False  # the previous page had fewer items than asked for
         while True:
             limitation: dict[str, Any] = {"Count": count}
             if cursor:
@@ -419,14 +424,19 @@ class MewsClient:
                 raise MewsResponseError(
                     f"Mews {operation} answered 200 without a '{items_key}' list of objects."
                 )
-            if len(items):
-                yield items
+            if not len(items):
+                if short:
+                    self._count(end_probes=1)  # the request that showed the short page was last
+                return
+            if short:
+                self._count(short_pages=1)  # a short page that was not the last
+            yield items
             next_cursor = data.get("Cursor")
-            if len(items) < count or not next_cursor:
+            if not next_cursor:
                 return
             if next_cursor == cursor:
                 raise MewsResponseError(f"Mews {operation} returned the same cursor twice.")
-            cursor = next_cursor
+            cursor, short = next_cursor, len(items) < count
 
     # -- operations --------------------------------------------------------------------------
 
