@@ -11,7 +11,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -46,6 +46,7 @@ _HANDLERS = {GET_ORDERS: "_get_orders", ADD_ORDER: "_add_order", GET_NOTES: "_ge
              DELETE_NOTES: "_delete_notes", GET_SERVICES: "_get_services"}
 
 Window = tuple[float, float]  # (StartUtc, EndUtc) as epoch seconds
+IntervalLimit = Literal["calendar", "strict", "days90"]
 Scope = frozenset[str]  # enterprise ids a request may see
 
 
@@ -82,6 +83,9 @@ class SandboxConfig:
 
     interval_semantics: Literal["half_open", "inclusive"] = "half_open"
     """Time filters: half-open Start <= X < End (today's docs) or inclusive (an older page)."""
+    interval_limit: IntervalLimit = "calendar"
+    """How "max length 3 months" is counted: End <= Start + 3 calendar months ("calendar"),
+    End < Start + 3 calendar months ("strict"), or End - Start <= 90 days ("days90")."""
     note_shape: NoteShape = "current"
     """Notes with OrderId + UpdatedUtc (current docs) or the seed's ServiceOrderId and no
     UpdatedUtc."""
@@ -204,7 +208,15 @@ def _parse_utc(value: Any, name: str) -> datetime:
     return parsed
 
 
-def _interval(payload: dict[str, Any], name: str, *, required: bool = False) -> Window | None:
+def _too_long(start: datetime, end: datetime, limit: IntervalLimit) -> bool:
+    if limit == "days90":
+        return end - start > timedelta(days=90)
+    longest = data.add_months(start, MAX_INTERVAL_MONTHS)
+    return end >= longest if limit == "strict" else end > longest
+
+
+def _interval(payload: dict[str, Any], name: str, limit: IntervalLimit, *,
+              required: bool = False) -> Window | None:
     value = payload.get(name)
     if value is None:
         if required:
@@ -216,8 +228,8 @@ def _interval(payload: dict[str, Any], name: str, *, required: bool = False) -> 
     end = _parse_utc(value.get("EndUtc"), f"{name}.EndUtc")
     if start > end:
         raise _bad(f"{name}.StartUtc must not be after {name}.EndUtc.")
-    # Every interval these operations take is an UpdatedUtc, limited to 3 months.
-    if end > data.add_months(start, MAX_INTERVAL_MONTHS):
+    # Every interval these operations take is limited to 3 months, however that is counted.
+    if _too_long(start, end, limit):
         raise _bad(f"{name} interval must not be longer than {MAX_INTERVAL_MONTHS} months.")
     return start.timestamp(), end.timestamp()
 
@@ -652,7 +664,8 @@ class Sandbox:
         account_ids = _string_set(payload, "AccountIds")
         reservation_ids = _string_set(payload, "LinkedReservationIds")
         states = _string_set(payload, "States")
-        window = _interval(payload, "UpdatedUtc", required=self.config.updated_utc_required)
+        window = _interval(payload, "UpdatedUtc", self.config.interval_limit,
+                           required=self.config.updated_utc_required)
         cursor_seq = self._cursor_seq(self._orders_by_id, cursor)
         inclusive = self._inclusive()
 
@@ -691,7 +704,7 @@ class Sandbox:
         assert order_ids is not None
         note_ids = _string_set(payload, "ServiceOrderNoteIds")
         enterprises = self._visible_enterprises(payload, scope)
-        window = _interval(payload, "UpdatedUtc")
+        window = _interval(payload, "UpdatedUtc", self.config.interval_limit)
         types = _string_set(payload, "Types") or DEFAULT_NOTE_TYPES
         cursor_seq = self._cursor_seq(self._notes_by_id, cursor)
         inclusive = self._inclusive()
@@ -718,7 +731,7 @@ class Sandbox:
         service_type = _optional_str(payload, "ServiceType")
         if service_type is not None and service_type not in SERVICE_TYPES:
             raise _bad(f"Invalid ServiceType {service_type!r}.")
-        window = _interval(payload, "UpdatedUtc")
+        window = _interval(payload, "UpdatedUtc", self.config.interval_limit)
         cursor_seq = self._cursor_seq(self._services, cursor)
         inclusive = self._inclusive()
         found = [s for s in self._services.values()

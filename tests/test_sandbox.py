@@ -358,6 +358,39 @@ def test_orders_get_all_accepts_intervals_up_to_three_calendar_months(
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "calendar", "strict", "days90"),
+    [
+        ("2025-01-01", "2025-04-01T00:00:00", True, False, True),  # 3 months, 90 days
+        ("2025-03-01", "2025-06-01T00:00:00", True, False, False),  # 3 months, 92 days
+        ("2023-01-31", "2023-04-30T00:00:00", True, False, True),  # day clamped; 89 days
+        ("2025-11-01", "2026-01-31T00:00:00", True, True, False),  # under 3 months, 91 days
+        ("2025-02-01", "2025-04-30T00:00:00", True, True, True),
+        ("2025-01-01", "2025-04-01T00:00:01", False, False, False),
+    ],
+)
+def test_three_months_counted_each_way(
+    sb: Sandbox, mews_call: Any, start: str, end: str, calendar: bool, strict: bool, days90: bool
+) -> None:
+    assert SandboxConfig().interval_limit == "calendar"
+    interval = {"StartUtc": f"{start}T00:00:00Z", "EndUtc": f"{end}Z"}
+    try:
+        for limit, allowed in (("calendar", calendar), ("strict", strict), ("days90", days90)):
+            sb.config.interval_limit = limit  # type: ignore[assignment]
+            for operation, fields in (
+                (ORDERS, _orders_request(sb)),
+                (NOTES, {"ServiceOrderIds": ["x"], "Limitation": {"Count": 5}}),
+                (SERVICES, {"Limitation": {"Count": 5}}),
+            ):
+                response = mews_call(sb, operation, **{**fields, "UpdatedUtc": interval})
+                assert response.status_code == (200 if allowed else 400), (limit, operation)
+                if not allowed:  # the same words for every reading
+                    message = response.json()["Message"]
+                    assert message == "UpdatedUtc interval must not be longer than 3 months."
+    finally:
+        sb.config.interval_limit = "calendar"  # sb is shared by the module
+
+
 def test_updated_utc_is_optional_unless_required(mews_call: Any) -> None:
     sb = Sandbox.generate(orders=50, seed=1, now=NOW)
     request = {**_orders_request(sb)}
