@@ -69,7 +69,13 @@ class Faults:
     drop: float = 0.0
     """Share of requests whose connection is dropped without an answer."""
     heavy_count: int | None = None
-    """getAll requests with Limitation.Count above this are "too heavy": 408 at once."""
+    """getAll requests with Limitation.Count above this are "too heavy": 408 at once, or a
+    stall (below)."""
+    stall_heavy_s: float | None = None
+    """Too heavy requests stall this many seconds (outside the lock), then answer, instead of
+    a quick 408: longer than a client's timeout, they never answer in time."""
+    stall_then_408: bool = False
+    """After the stall, answer 408 instead of the normal answer."""
     malformed_json: float = 0.0
     """Share of 200 answers whose body is cut in half."""
     only_operations: set[str] | None = None
@@ -522,7 +528,18 @@ class Sandbox:
             if faulty and faults.latency_s:
                 time.sleep(faults.latency_s)  # outside the lock: slow, not serialized
             with self._lock:
-                response = self._dispatch(operation, payload, request_id, faulty)
+                admitted = self._admit(operation, payload, faults, faulty)
+            if isinstance(admitted, SandboxResponse):
+                response = admitted
+            else:
+                scope, stall = admitted
+                if stall:  # outside the lock: other requests go on meanwhile
+                    time.sleep(stall)
+                    if faults.stall_then_408:
+                        raise ApiError(408, "The request is too heavy: ask for fewer items.")
+                with self._lock:
+                    response = self._answer(operation, payload, scope, request_id, faults,
+                                            faulty)
         except ApiError as error:
             response = SandboxResponse(
                 error.status, _headers(request_id, error.headers),
@@ -534,8 +551,10 @@ class Sandbox:
         self.log.append(LoggedRequest(operation, response.status, _redact(payload), time.time()))
         return response
 
-    def _dispatch(self, operation: str, payload: dict[str, Any], request_id: str,
-                  faulty: bool) -> SandboxResponse:
+    def _admit(self, operation: str, payload: dict[str, Any], faults: Faults,
+               faulty: bool) -> tuple[Scope, float] | SandboxResponse:
+        """Tokens, rate limit and drawn faults: the token's scope and how many seconds a heavy
+        request stalls (0: none), or the answer when a dropped connection was drawn."""
         if payload.get("ClientToken") != self.client_token:
             raise ApiError(401, "Invalid ClientToken.")
         token = payload.get("AccessToken")
@@ -547,15 +566,21 @@ class Sandbox:
         if (payload.get("LanguageCode") is None) != (payload.get("CultureCode") is None):
             raise _bad("LanguageCode and CultureCode go together, or not at all.")
         self._take_slot(token)
-        faults = self.config.faults
+        stall = 0.0
         if faulty:
             if (dropped := self._roll_fault(faults)) is not None:
                 return dropped
             if faults.heavy_count is not None and operation.endswith("/getAll"):
                 count, _ = _limitation(payload)  # an invalid Limitation is a 400 first
                 if count > faults.heavy_count:
-                    raise ApiError(408, "The request is too heavy: ask for fewer items.")
-        body = getattr(self, _HANDLERS[operation])(payload, self._scope(token))
+                    if faults.stall_heavy_s is None:
+                        raise ApiError(408, "The request is too heavy: ask for fewer items.")
+                    stall = faults.stall_heavy_s
+        return self._scope(token), stall
+
+    def _answer(self, operation: str, payload: dict[str, Any], scope: Scope, request_id: str,
+                faults: Faults, faulty: bool) -> SandboxResponse:
+        body = getattr(self, _HANDLERS[operation])(payload, scope)
         if faulty and faults.malformed_json and self._fault_rng.random() < faults.malformed_json:
             body = body[:len(body) // 2]
         return SandboxResponse(200, _headers(request_id), body)

@@ -41,13 +41,17 @@ def _handler_class(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
             if answer.status == 0:  # a dropped connection: close without a word
                 self.close_connection = True
                 return
-            self.send_response(answer.status)
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(answer.body)
+            try:
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(answer.body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (its timeout, during a stall): nobody to answer.
+                self.close_connection = True
 
         do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 

@@ -114,6 +114,52 @@ def test_heavy_requests_get_408(mews_call: Any) -> None:
     assert "fewer" in heavy_notes.json()["Message"]
 
 
+@pytest.mark.parametrize("then_408", [False, True])
+def test_heavy_requests_can_stall_and_then_answer(mews_call: Any, then_408: bool) -> None:
+    faults = Faults(heavy_count=100, stall_heavy_s=0.4, stall_then_408=then_408)
+    sb = Sandbox.generate(orders=300, seed=1, config=SandboxConfig(faults=faults))
+    assert Faults().stall_heavy_s is None and not Faults().stall_then_408
+    answers: list[httpx.Response] = []
+    started = time.perf_counter()
+    heavy = threading.Thread(
+        target=lambda: answers.append(mews_call(sb, SERVICES, Limitation={"Count": 101}))
+    )
+    heavy.start()
+    time.sleep(0.1)
+    quick_started = time.perf_counter()
+    assert mews_call(sb, SERVICES, Limitation={"Count": 100}).status_code == 200
+    assert time.perf_counter() - quick_started < 0.2  # the stall holds no lock
+    heavy.join()
+    assert time.perf_counter() - started >= 0.4  # never a quick 408
+    [answer] = answers
+    if then_408:
+        assert answer.status_code == 408 and "fewer" in answer.json()["Message"]
+    else:
+        assert answer.status_code == 200 and len(answer.json()["Services"]) == 18
+
+
+def test_a_stall_longer_than_the_client_timeout_is_a_read_timeout_over_loopback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sb = Sandbox(config=SandboxConfig(faults=Faults(heavy_count=10, stall_heavy_s=1.0)))
+    body = {
+        "ClientToken": DEMO_CLIENT_TOKEN,
+        "AccessToken": DEMO_ACCESS_TOKEN,
+        "Client": "t",
+        "Limitation": {"Count": 11},
+    }
+    with sb.serve() as url, httpx.Client(base_url=url, timeout=0.2) as client:
+        started = time.perf_counter()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/api/connector/v1/services/getAll", json=body)
+        assert time.perf_counter() - started < 0.8
+        body["Limitation"] = LIMIT
+        assert client.post("/api/connector/v1/services/getAll", json=body).status_code == 200
+        time.sleep(1.0)  # the stalled request answers late, to nobody, without a traceback
+        assert sb.log.count(SERVICES, 200) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_an_invalid_limitation_is_a_400_before_it_is_heavy(mews_call: Any) -> None:
     sb = Sandbox(config=SandboxConfig(faults=Faults(heavy_count=100)))
     assert mews_call(sb, SERVICES, Limitation={"Count": 5000}).status_code == 400
