@@ -65,7 +65,11 @@ class Faults:
     error_429: float = 0.0
     """Share of requests answered 429 (with Retry-After: 1 unless switched off)."""
     retry_after_header: bool = True
-    """Injected 429s carry Retry-After (the docs: it can be missing)."""
+    """Every 429, injected or from the rate limit, carries Retry-After (the docs: it can be
+    missing). Unlike the faults above, for every operation."""
+    retry_after_s: int | None = None
+    """Announce this Retry-After on every 429 instead of the true wait (rate limit) or 1
+    (injected), e.g. 3600: a client should cap what it waits."""
     drop: float = 0.0
     """Share of requests whose connection is dropped without an answer."""
     heavy_count: int | None = None
@@ -598,8 +602,20 @@ class Sandbox:
         if len(hits) >= limit:
             retry_after = max(1, math.ceil(hits[0] + window - now))
             raise ApiError(429, f"Too many requests: at most {limit} per {window:g} seconds.",
-                           {"Retry-After": str(retry_after)})
+                           self._retry_after(retry_after))
         hits.append(now)
+
+    def _retry_after(self, seconds: int) -> dict[str, str]:
+        faults = self.config.faults
+        if not faults.retry_after_header:
+            return {}
+        return {"Retry-After": str(faults.retry_after_s or seconds)}
+
+    def consume_rate_limit(self, access_token: str, n: int) -> None:
+        """Take n slots of the token's rate limit window now, as another process sharing the
+        token would (Mews counts per AccessToken)."""
+        with self._lock:
+            self._hits.setdefault(access_token, deque()).extend([time.monotonic()] * n)
 
     def _roll_fault(self, faults: Faults) -> SandboxResponse | None:
         """Raise a drawn fault; return the "drop" answer; None when no fault was drawn."""
@@ -615,8 +631,7 @@ class Sandbox:
         if (roll := roll - faults.error_408) < 0:
             raise ApiError(408, "Request timeout (injected fault).")
         if roll - faults.error_429 < 0:
-            raise ApiError(429, "Too many requests (injected fault).",
-                           {"Retry-After": "1"} if faults.retry_after_header else None)
+            raise ApiError(429, "Too many requests (injected fault).", self._retry_after(1))
         return None
 
     # --- operations (callers hold the lock) -------------------------------------------------

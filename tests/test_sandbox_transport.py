@@ -60,6 +60,34 @@ def test_refused_requests_take_no_slot_in_the_window(mews_call: Any) -> None:
     assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 429
 
 
+def test_rate_limit_429s_can_come_without_retry_after_or_with_a_huge_one(
+    mews_call: Any,
+) -> None:
+    sb = Sandbox(config=SandboxConfig(rate_limit=(1, 30.0)))
+    assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 200
+    assert 29 <= int(mews_call(sb, SERVICES, Limitation=LIMIT).headers["Retry-After"]) <= 30
+    sb.config.faults = Faults(retry_after_s=3600)
+    assert mews_call(sb, SERVICES, Limitation=LIMIT).headers["Retry-After"] == "3600"
+    sb.config.faults = Faults(retry_after_header=False)
+    refused = mews_call(sb, SERVICES, Limitation=LIMIT)
+    assert refused.status_code == 429 and "Retry-After" not in refused.headers
+    sb.config.faults = Faults(error_429=1.0, retry_after_s=3600)
+    injected = mews_call(sb, SERVICES, Limitation=LIMIT, AccessToken=DEMO_ACCESS_TOKEN)
+    assert injected.status_code == 429 and injected.headers["Retry-After"] == "3600"
+
+
+def test_another_process_can_use_up_the_same_token(mews_call: Any) -> None:
+    sb = Sandbox(config=SandboxConfig(rate_limit=(5, 30.0)))
+    sb.add_token("OTHER-TOKEN")
+    sb.consume_rate_limit(DEMO_ACCESS_TOKEN, 4)
+    assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 200
+    assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 429
+    assert mews_call(sb, SERVICES, Limitation=LIMIT, AccessToken="OTHER-TOKEN").status_code == 200
+    sb.consume_rate_limit("OTHER-TOKEN", 50)  # more than the window holds: refused until they age
+    assert mews_call(sb, SERVICES, Limitation=LIMIT, AccessToken="OTHER-TOKEN").status_code == 429
+    assert sb.log.count() == 4  # the slots taken were no requests
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 
