@@ -6,14 +6,28 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import pendulum
 import pytest
 
-from sources.mews.client import ClientStats, MewsClient, MewsResponseError, RequestTooHeavyError
-from sources.mews.settings import MIN_PAGE_SIZE, MIN_WINDOW, NOTES_OPERATION, ORDERS_OPERATION
+from sources.mews.client import (
+    ClientStats,
+    IntervalTooLongError,
+    MewsApiError,
+    MewsClient,
+    MewsResponseError,
+    RequestTooHeavyError,
+)
+from sources.mews.settings import (
+    MAX_WINDOW_DAYS_STRICTEST,
+    MIN_PAGE_SIZE,
+    MIN_WINDOW,
+    NOTES_OPERATION,
+    ORDERS_OPERATION,
+)
 
 SERVICE = "3b2a7f0e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
 START = datetime(2023, 1, 1, tzinfo=UTC)
@@ -204,3 +218,94 @@ def test_a_null_cursor_ends_a_walk_and_the_same_cursor_twice_is_an_error():
     with pytest.raises(MewsResponseError, match="same cursor twice"):
         order_ids(client_for(stuck, page_size=10), START, START + timedelta(1))
     assert len(stuck.requests) == 2
+
+
+# -- 3. how "3 months" is counted ------------------------------------------------------------
+
+
+def three_months_later(start: datetime) -> datetime:
+    return pendulum.instance(start).add(months=3)  # not the client's own month arithmetic
+
+
+READINGS: dict[str, Callable[[datetime, datetime], bool]] = {
+    "<= 3 calendar months": lambda start, end: end <= three_months_later(start),
+    "< 3 calendar months": lambda start, end: end < three_months_later(start),
+    "<= 90 days": lambda start, end: end - start <= timedelta(days=90),
+}
+
+
+def test_the_readings_disagree_and_the_strictest_window_passes_them_all():
+    starts = [START + timedelta(days=d, hours=h) for d in range(5 * 366) for h in (0, 13)]
+    strictest = timedelta(days=MAX_WINDOW_DAYS_STRICTEST)
+    for name, accepts in READINGS.items():
+        assert all(accepts(s, s + strictest) for s in starts), name
+    # tap-mews' 90-day windows break under the calendar reading from 31 Jan to 28 Feb, in a
+    # year without 29 Feb; one more day than the strictest breaks "< 3 months" from 1 Feb.
+    calendar = READINGS["<= 3 calendar months"]
+    refused = {s.date() for s in starts if not calendar(s, s + timedelta(days=90))}
+    assert refused == {
+        date(year, 1, 31) + timedelta(days=d)
+        for year in (2023, 2025, 2026, 2027)
+        for d in range(29)
+    }
+    february = datetime(2023, 2, 1, tzinfo=UTC)
+    assert not READINGS["< 3 calendar months"](february, february + strictest + timedelta(days=1))
+    # What the client sent before it learned: 3 calendar months, too long for the other two.
+    assert not READINGS["< 3 calendar months"](START, three_months_later(START))
+    march = START.replace(month=3)
+    assert not READINGS["<= 90 days"](march, three_months_later(march))
+
+
+def reading_server(accepts: Callable[[datetime, datetime], bool], orders: list) -> FakeMews:
+    def refuse(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        if accepts(*interval_of(body)):
+            return None
+        return answer(400, {"Message": "UpdatedUtc interval must not be longer than 3 months."})
+
+    return FakeMews(orders=orders, refuse=refuse)
+
+
+@pytest.mark.parametrize("reading", READINGS)
+@pytest.mark.parametrize(
+    "start",
+    [
+        "2023-01-31",
+        "2023-02-01",
+        "2023-02-28T12:00",
+        "2024-01-31",
+        "2024-02-29",
+        "2023-08-31",
+        "2023-11-30T23:59:59",
+        "2023-12-01",
+    ],
+)
+def test_every_reading_of_three_months_gives_every_order_with_at_most_one_400(reading, start):
+    begin = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    fake = reading_server(READINGS[reading], daily_orders(begin - timedelta(days=3), 400))
+    client = client_for(fake)
+    end = begin + timedelta(days=366)
+
+    found = order_ids(client, begin, end)
+    again = order_ids(client, begin, end)  # the same client remembers what it learned
+
+    assert sorted(set(found)) == sorted(i for i, u in fake.orders if begin <= u < end)
+    assert sorted(set(again)) == sorted(set(found))
+    refused = [b for b in fake.sent() if not READINGS[reading](*interval_of(b))]
+    # Only the calendar reading accepts the documented 3 months; the others refuse one window.
+    expected_refusals = 0 if reading == "<= 3 calendar months" else 1
+    assert len(refused) == client.stats.too_long_windows == expected_refusals
+
+
+def test_a_400_on_an_interval_within_every_reading_is_an_error_with_the_api_message():
+    fake = FakeMews(refuse=lambda op, body: answer(400, {"Message": "Invalid ServiceIds."}))
+    client = client_for(fake)
+
+    with pytest.raises(MewsApiError, match="answered 400: Invalid ServiceIds") as raised:
+        order_ids(client, START, START + timedelta(days=MAX_WINDOW_DAYS_STRICTEST))
+    assert len(fake.requests) == 1 and not isinstance(raised.value, IntervalTooLongError)
+
+    # A longer interval is shortened once, then the same 400 is the error.
+    fake.requests.clear()
+    with pytest.raises(MewsApiError, match="Invalid ServiceIds"):
+        order_ids(client_for(fake), START, START + timedelta(days=91))
+    assert [interval_of(b)[1] - START for b in fake.sent()] == [timedelta(90), timedelta(88)]

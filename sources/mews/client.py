@@ -11,10 +11,11 @@ import json
 import random
 import threading
 import time
+from calendar import monthrange
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -33,6 +34,8 @@ from .settings import (
     ITEMS_KEY,
     MAX_IDS_PER_REQUEST,
     MAX_RETRIES,
+    MAX_WINDOW_DAYS_STRICTEST,
+    MAX_WINDOW_MONTHS,
     MIN_PAGE_SIZE,
     MIN_WINDOW,
     NOTES_OPERATION,
@@ -81,6 +84,11 @@ class RequestTooHeavyError(MewsApiError):
     """408: the request asked for too much; the fix is to ask for less, not to retry it."""
 
 
+class IntervalTooLongError(MewsApiError):
+    """400 on an UpdatedUtc interval longer than the strictest reading of "3 months" allows:
+    probably that reading; the client shortens its windows and asks again."""
+
+
 class MewsUnavailableError(MewsError):
     """The API could not be reached or kept failing after every retry."""
 
@@ -113,6 +121,7 @@ class ClientStats(Counters):
     heavy: int = 0  # 408 answers
     short_pages: int = 0  # pages with fewer items than asked for that were not the last
     end_probes: int = 0  # requests that only showed a short page was the last: its cost
+    too_long_windows: int = 0  # 400s that taught the client the strictest "3 months"
     splits: int = 0  # requests halved (ids or interval) because even small pages were too heavy
     limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
     throttle_wait_seconds: float = 0.0  # waited because of 429s
@@ -209,6 +218,13 @@ def read_arrow_page(body: bytes, items_key: str, item_schema: pa.Schema) -> dict
     }
 
 
+def add_months(moment: datetime, months: int) -> datetime:
+    """Calendar-month addition that clamps the day, as .NET's AddMonths: 31 Jan + 1 = 28 Feb."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, monthrange(year, month)[1]))
+
+
 def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[list[str]]:
     """Consecutive lists of at most `size` ids."""
     batch: list[str] = []
@@ -289,6 +305,9 @@ class MewsClient:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         self.stats = stats if stats is not None else ClientStats()
+        # The longest UpdatedUtc window to send: None for MAX_WINDOW_MONTHS calendar months (the
+        # documented limit, the most lenient reading), days once a 400 said that is too long.
+        self.max_window_days: int | None = None
 
     def __repr__(self) -> str:
         return f"MewsClient({str(self._http.base_url)!r}, client={self.client_name!r})"
@@ -450,23 +469,52 @@ class MewsClient:
     ) -> Iterator[Page]:
         """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to).
 
-        The caller keeps the interval within MAX_WINDOW_MONTHS; any number of service ids.
-        When even small pages are too heavy, the interval is halved (down to MIN_WINDOW);
-        pages already yielded for it come again: keep one row per order id.
-        `item_schema`: see `iter_pages`.
+        Any number of service ids and any interval: it is sent in windows of at most
+        `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages are too heavy, a
+        window is halved (down to MIN_WINDOW). Pages already yielded may come again: keep one
+        row per order id. `item_schema`: see `iter_pages`.
         """
         for services in chunked(service_ids):
             filters: dict[str, Any] = {"ServiceIds": services}
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
             walk = partial(self._orders_in, filters, item_schema)
-            yield from self._ask_for_less(walk, (updated_from, updated_to), halve_interval)
+            start = updated_from
+            while start < updated_to:
+                window = (start, min(self._window_end(start), updated_to))
+                try:
+                    yield from self._ask_for_less(walk, window, halve_interval)
+                except IntervalTooLongError:
+                    # Mews counts "3 months" more strictly than we did. Going straight to the
+                    # strictest reading (not first to "< 3 months", then to 90 days) costs at
+                    # most one refused request per client: no later window is longer than
+                    # any reading allows, so no refused length is ever sent again. The price
+                    # is windows of 88 days instead of up to 92 (a few percent more windows).
+                    self.max_window_days = MAX_WINDOW_DAYS_STRICTEST
+                    self._count(too_long_windows=1)
+                    continue  # this window again, shorter
+                start = window[1]
+
+    def _window_end(self, start: datetime) -> datetime:
+        if self.max_window_days is None:
+            return add_months(start, MAX_WINDOW_MONTHS)
+        return start + timedelta(days=self.max_window_days)
 
     def _orders_in(
         self, filters: dict[str, Any], item_schema: pa.Schema | None, window: Interval
     ) -> Iterator[Page]:
         interval = {"StartUtc": format_utc(window[0]), "EndUtc": format_utc(window[1])}
-        return self.iter_pages(ORDERS_OPERATION, {**filters, "UpdatedUtc": interval}, item_schema)
+        filters = {**filters, "UpdatedUtc": interval}
+        try:
+            yield from self.iter_pages(ORDERS_OPERATION, filters, item_schema)
+        except MewsApiError as error:
+            # A 400 on an interval within every reading of "3 months" is not about its length.
+            too_long = window[1] - window[0] > timedelta(days=MAX_WINDOW_DAYS_STRICTEST)
+            if error.status != 400 or not too_long:
+                raise
+            raise IntervalTooLongError(
+                error.operation, error.status, error.api_message, error.request_id
+            ) from error
 
     def service_order_notes(
         self,

@@ -23,7 +23,12 @@ MAX_IDS_PER_REQUEST = 1000  # every id list in a request
 # extraction of 200,000 orders from 6.2 to 5.5 s of CPU).
 ORDERS_PER_ITEM = 5000
 MIN_PAGE_SIZE = 10  # below this a 408 is not the page size's fault
-MAX_WINDOW_MONTHS = 3  # UpdatedUtc interval maximum
+MAX_WINDOW_MONTHS = 3  # UpdatedUtc interval maximum, as documented
+# The same maximum under the strictest plausible reading of "3 months". Three calendar months
+# last 89 to 92 days (89 from a start between 31 Jan and 28 Feb of a year without 29 Feb), so
+# "<= 3 calendar months", "< 3 calendar months" and "<= 90 days" all accept 88 days from any
+# start, with a day to spare; 89 days is refused by "< 3 months" from 1 Feb 2023.
+MAX_WINDOW_DAYS_STRICTEST = 88
 MIN_WINDOW = timedelta(minutes=1)
 # One load's worth: bounds what a killed run loses. At least three DuckDB row groups (3 x
 # 122,880 rows): a smaller append leaves row groups that DuckDB's next checkpoint merges with
