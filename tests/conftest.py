@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import postgres_server as pg
 import pytest
 
 from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
@@ -44,3 +45,23 @@ def mews_call() -> Iterator[SandboxCall]:
     yield call
     for client in clients.values():
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Base URL (database `postgres`, a superuser) of a PostgreSQL server: MEWS_SYNC_TEST_POSTGRES,
+    else a throwaway cluster for the session. No server is a failure, never a skip."""
+    try:
+        with pg.running_server() as url:
+            yield url
+    except pg.PostgresUnavailable as error:
+        raise pytest.fail.Exception(str(error), pytrace=False) from None  # = pytest.fail
+
+
+@pytest.fixture
+def postgres_credentials(postgres_server: str) -> Iterator[str]:
+    """`postgresql://user:password@127.0.0.1:port/dbname` of a fresh, empty database (dlt's
+    DESTINATION__POSTGRES__CREDENTIALS format), dropped after the test."""
+    name, url = pg.create_database(postgres_server)
+    yield url
+    pg.drop_database(postgres_server, name)
