@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import re
 import threading
 import time
 import uuid
@@ -113,6 +114,9 @@ class SandboxConfig:
     """Injected failures."""
     notes_bump_order: bool = True
     """A note change bumps its order's UpdatedUtc (undocumented; plausible, so on)."""
+    strict_ids: bool = False
+    """Validate id lists and ids as the spec declares them: an empty list is a 400 (minItems 1;
+    lenient: no filter), and so is an id or Limitation.Cursor that is no UUID (format uuid)."""
     short_pages: float = 0.0
     """Share of pages that come back short although older items follow, as from a server that
     filters after paging: a walk must go on to an empty page (null Cursor), not stop early."""
@@ -289,6 +293,7 @@ def _slice_bounds(keys: list[float], window: Window, inclusive: bool) -> tuple[i
 
 
 _seq = attrgetter("seq")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 T = TypeVar("T")
 
 
@@ -636,8 +641,27 @@ class Sandbox:
 
     # --- operations (callers hold the lock) -------------------------------------------------
 
+    def _ids(self, payload: dict[str, Any], name: str, *, required: bool = False,
+             ) -> frozenset[str] | None:
+        """An id list. Strict: the spec's minItems 1 and format uuid, else a 400."""
+        if self.config.strict_ids and payload.get(name) == []:
+            raise _bad(f"{name} must contain at least 1 item.")
+        ids = _string_set(payload, name, required=required)
+        if ids and self.config.strict_ids:
+            for value in ids:
+                self._id(value, name)
+        return ids
+
+    def _id(self, value: T, name: str) -> T:
+        if self.config.strict_ids and isinstance(value, str) and not _UUID.fullmatch(value):
+            raise _bad(f"{name} must be a UUID: {value!r}.")
+        return value
+
+    def _optional_id(self, payload: dict[str, Any], name: str) -> str | None:
+        return self._id(_optional_str(payload, name), name)
+
     def _visible_enterprises(self, payload: dict[str, Any], scope: Scope) -> Scope:
-        wanted = _string_set(payload, "EnterpriseIds")
+        wanted = self._ids(payload, "EnterpriseIds")
         # Ids outside the token's scope are ignored rather than refused (undocumented).
         return scope if wanted is None else scope & wanted
 
@@ -653,12 +677,12 @@ class Sandbox:
             return None
         return note
 
-    @staticmethod
-    def _cursor_seq(items: dict[str, Any], cursor: str | None) -> int | None:
+    def _cursor_seq(self, items: dict[str, Any], cursor: str | None) -> int | None:
         """The cursor item is looked up among all items, not only the filtered ones, so
         paging goes on where it was even if the cursor item changed meanwhile."""
         if cursor is None:
             return None
+        self._id(cursor, "Limitation.Cursor")
         item = items.get(cursor)
         if item is None:
             raise _bad("Invalid Cursor.")
@@ -694,15 +718,15 @@ class Sandbox:
 
     def _get_orders(self, payload: dict[str, Any], scope: Scope) -> bytes:
         count, cursor = _limitation(payload)
-        service_ids = _string_set(payload, "ServiceIds", required=True)
+        service_ids = self._ids(payload, "ServiceIds", required=True)
         assert service_ids is not None
         enterprises = self._visible_enterprises(payload, scope)
         services = frozenset(i for i in service_ids
                              if i in self._services and self._services[i].EnterpriseId
                              in enterprises)
-        order_ids = _string_set(payload, "ProductServiceOrderIds")
-        account_ids = _string_set(payload, "AccountIds")
-        reservation_ids = _string_set(payload, "LinkedReservationIds")
+        order_ids = self._ids(payload, "ProductServiceOrderIds")
+        account_ids = self._ids(payload, "AccountIds")
+        reservation_ids = self._ids(payload, "LinkedReservationIds")
         states = _string_set(payload, "States")
         window = _interval(payload, "UpdatedUtc", self.config.interval_limit,
                            required=self.config.updated_utc_required)
@@ -740,9 +764,9 @@ class Sandbox:
 
     def _get_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
         count, cursor = _limitation(payload)
-        order_ids = _string_set(payload, "ServiceOrderIds", required=True)
+        order_ids = self._ids(payload, "ServiceOrderIds", required=True)
         assert order_ids is not None
-        note_ids = _string_set(payload, "ServiceOrderNoteIds")
+        note_ids = self._ids(payload, "ServiceOrderNoteIds")
         enterprises = self._visible_enterprises(payload, scope)
         window = _interval(payload, "UpdatedUtc", self.config.interval_limit)
         types = _string_set(payload, "Types") or DEFAULT_NOTE_TYPES
@@ -766,7 +790,7 @@ class Sandbox:
 
     def _get_services(self, payload: dict[str, Any], scope: Scope) -> bytes:
         count, cursor = _limitation(payload)
-        service_ids = _string_set(payload, "ServiceIds")
+        service_ids = self._ids(payload, "ServiceIds")
         enterprises = self._visible_enterprises(payload, scope)
         service_type = _optional_str(payload, "ServiceType")
         if service_type is not None and service_type not in SERVICE_TYPES:
@@ -785,13 +809,13 @@ class Sandbox:
                        "Cursor": page[-1].Id if page else None})
 
     def _add_order(self, payload: dict[str, Any], scope: Scope) -> bytes:
-        service_id = _optional_str(payload, "ServiceId")
+        service_id = self._optional_id(payload, "ServiceId")
         if not service_id:
             raise _bad("ServiceId is required.")
         service = self._services.get(service_id)
         if service is None or service.EnterpriseId not in scope:
             raise _bad(f"Invalid ServiceId {service_id!r}.")
-        enterprise_id = _optional_str(payload, "EnterpriseId")
+        enterprise_id = self._optional_id(payload, "EnterpriseId")
         if len(scope) > 1:  # "required with a Portfolio Access Token, ignored otherwise"
             if not enterprise_id:
                 raise _bad("EnterpriseId is required with a portfolio access token.")
@@ -801,7 +825,8 @@ class Sandbox:
             raise ApiError(403, f"Service {service.Name!r} is bookable: it takes reservations.")
         if not service.IsActive:  # a business rule, as for bookable services (undocumented)
             raise ApiError(403, f"Service {service.Name!r} is not active.")
-        account_id = _optional_str(payload, "AccountId") or _optional_str(payload, "CustomerId")
+        account_id = (self._optional_id(payload, "AccountId")
+                      or self._optional_id(payload, "CustomerId"))
         if not account_id:
             raise _bad("AccountId (or the deprecated CustomerId) is required.")
         for i, product in enumerate(_items(payload, "ProductOrders", required=False)):
@@ -815,8 +840,8 @@ class Sandbox:
             _parse_utc(payload["ConsumptionUtc"], "ConsumptionUtc")
         notes = _optional_str(payload, "Notes")
         fields = {"AccountId": account_id,
-                  "BusinessSegmentId": _optional_str(payload, "BusinessSegmentId"),
-                  "LinkedReservationId": _optional_str(payload, "LinkedReservationId")}
+                  "BusinessSegmentId": self._optional_id(payload, "BusinessSegmentId"),
+                  "LinkedReservationId": self._optional_id(payload, "LinkedReservationId")}
         ts = self._ts(None)
         order = self._new_order(service.Id, ts, fields)
         if notes:
@@ -830,7 +855,8 @@ class Sandbox:
     def _add_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
         additions = []
         for i, item in enumerate(_items(payload, "ServiceOrderNotes", required=True)):
-            order = self._visible_order(item.get("ServiceOrderId"), scope)
+            order_id = self._id(item.get("ServiceOrderId"), f"ServiceOrderNotes[{i}]")
+            order = self._visible_order(order_id, scope)
             if order is None:
                 raise _bad(f"ServiceOrderNotes[{i}].ServiceOrderId is not a known order.")
             additions.append((order, _text(item.get("Text"), f"ServiceOrderNotes[{i}].Text")))
@@ -843,7 +869,8 @@ class Sandbox:
         for i, item in enumerate(_items(payload, "ServiceOrderNoteUpdates", required=True)):
             # The seed's sample sends {"Id", "Text": {"Value"}}; its table, {"ServiceOrderNoteId",
             # "Text": "..."}. Both are taken.
-            note = self._visible_note(item.get("Id") or item.get("ServiceOrderNoteId"), scope)
+            note_id = item.get("Id") or item.get("ServiceOrderNoteId")
+            note = self._visible_note(self._id(note_id, f"ServiceOrderNoteUpdates[{i}]"), scope)
             if note is None:
                 raise _bad(f"ServiceOrderNoteUpdates[{i}]: unknown service order note.")
             text = item.get("Text")
@@ -856,7 +883,7 @@ class Sandbox:
         return self._notes_answer([note for note, _ in updates])
 
     def _delete_notes(self, payload: dict[str, Any], scope: Scope) -> bytes:
-        note_ids = _string_set(payload, "ServiceOrderNoteIds", required=True)
+        note_ids = self._ids(payload, "ServiceOrderNoteIds", required=True)
         assert note_ids is not None
         notes = []
         for note_id in sorted(note_ids):

@@ -455,6 +455,71 @@ def test_notes_and_services_reject_invalid_requests(
     assert message in response.json()["Message"]
 
 
+UUID = "4f8b1f4e-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    ("operation", "name", "value"),
+    [
+        (ORDERS, "ServiceIds", ["not-a-uuid"]),
+        (ORDERS, "EnterpriseIds", []),
+        (ORDERS, "EnterpriseIds", ["hotel-1"]),
+        (ORDERS, "ProductServiceOrderIds", []),
+        (ORDERS, "ProductServiceOrderIds", [UUID, "not-an-order"]),
+        (ORDERS, "AccountIds", []),
+        (ORDERS, "LinkedReservationIds", ["{" + UUID + "}"]),
+        (NOTES, "ServiceOrderIds", ["x"]),
+        (NOTES, "ServiceOrderNoteIds", []),
+        (NOTES, "EnterpriseIds", ["x"]),
+        (SERVICES, "ServiceIds", []),
+        (SERVICES, "EnterpriseIds", [UUID.replace("-", "")]),
+        (ORDERS, "Limitation", {"Count": 5, "Cursor": "nope"}),
+        (SERVICES, "Limitation", {"Count": 5, "Cursor": UUID[:-1]}),
+        ("serviceOrderNotes/delete", "ServiceOrderNoteIds", []),
+        ("serviceOrderNotes/delete", "ServiceOrderNoteIds", ["nope"]),
+    ],
+)
+def test_strict_ids_refuse_empty_lists_and_ids_that_are_no_uuid(
+    mews_call: Any, operation: str, name: str, value: Any
+) -> None:
+    sb = Sandbox.generate(orders=50, seed=1, now=NOW)
+    base: dict[str, dict[str, Any]] = {
+        ORDERS: {"ServiceIds": product_service_ids(sb), "Limitation": {"Count": 5}},
+        NOTES: {"ServiceOrderIds": [o["Id"] for o in sb.orders()], "Limitation": {"Count": 5}},
+        SERVICES: {"Limitation": {"Count": 5}},
+        "serviceOrderNotes/delete": {},
+    }
+    fields = {**base[operation], name: value}
+    lenient = mews_call(sb, operation, **fields)
+    if operation != "serviceOrderNotes/delete" and name != "Limitation":
+        assert lenient.status_code == 200, lenient.text  # [] is no filter; odd ids match nothing
+    assert not SandboxConfig().strict_ids
+    sb.config.strict_ids = True
+    strict = mews_call(sb, operation, **fields)
+    assert strict.status_code == 400
+    message = strict.json()["Message"]
+    assert message.startswith("Limitation.Cursor" if name == "Limitation" else name), message
+    assert ("at least 1 item" if value == [] else "UUID") in message
+    if operation != "serviceOrderNotes/delete":  # and a request of real ids passes
+        assert mews_call(sb, operation, **base[operation]).status_code == 200
+
+
+def test_strict_ids_check_the_ids_of_writes_too(mews_call: Any) -> None:
+    sb = Sandbox.generate(orders=50, seed=1, now=NOW)
+    sb.config.strict_ids = True
+    target = next(s for s in sb.services() if s["Id"] in product_service_ids(sb) and s["IsActive"])
+    order = {"EnterpriseId": target["EnterpriseId"], "ServiceId": target["Id"]}
+    refused = mews_call(sb, "orders/add", **order, AccountId="acc-1")
+    assert refused.status_code == 400 and "AccountId must be a UUID" in refused.json()["Message"]
+    assert mews_call(sb, "orders/add", **order, AccountId=UUID).status_code == 200
+    notes = [{"ServiceOrderId": "x", "Text": "t"}]
+    refused = mews_call(sb, "serviceOrderNotes/add", ServiceOrderNotes=notes)
+    assert refused.status_code == 400 and "UUID" in refused.json()["Message"]
+    sb.config.strict_ids = False
+    refused = mews_call(sb, "serviceOrderNotes/add", ServiceOrderNotes=notes)
+    assert refused.status_code == 400 and "UUID" not in refused.json()["Message"]
+
+
 # --- pagination ------------------------------------------------------------------------------
 
 
