@@ -19,6 +19,7 @@ from sources.mews.client import (
     MewsApiError,
     MewsClient,
     MewsResponseError,
+    RequestTimedOutError,
     RequestTooHeavyError,
 )
 from sources.mews.settings import (
@@ -309,3 +310,60 @@ def test_a_400_on_an_interval_within_every_reading_is_an_error_with_the_api_mess
     with pytest.raises(MewsApiError, match="Invalid ServiceIds"):
         order_ids(client_for(fake), START, START + timedelta(days=91))
     assert [interval_of(b)[1] - START for b in fake.sent()] == [timedelta(90), timedelta(88)]
+
+
+# -- 4. a heavy request may only time out --------------------------------------------------
+
+
+def slow_beyond(count: int) -> Callable[[str, dict[str, Any]], httpx.Response | None]:
+    """A server that takes longer than the client waits for pages of more than `count`."""
+
+    def refuse(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        if body["Limitation"]["Count"] > count:
+            raise httpx.ReadTimeout("no answer in time")
+        return None
+
+    return refuse
+
+
+def test_a_read_timeout_asks_for_less_at_once_instead_of_retrying_the_same_request():
+    fake = FakeMews(orders=daily_orders(START, 30), refuse=slow_beyond(250))
+    clock = FakeClock()
+    client = client_for(fake, clock)
+
+    assert len(order_ids(client, START, START + timedelta(days=30))) == 30
+
+    # 1000 and 500 time out; the walk goes on with pages of 250 (the last one is short).
+    assert [b["Limitation"]["Count"] for b in fake.sent()] == [1000, 500, 250, 250]
+    assert (client.stats.timeouts, client.stats.retries, clock.sleeps) == (2, 0, [])
+
+
+def test_timeouts_even_for_the_least_split_the_ids_then_stop_with_one_sentence():
+    fake = FakeMews(refuse=slow_beyond(0))
+    client = client_for(fake, timeout=30)
+
+    with pytest.raises(RequestTimedOutError, match=r"did not answer within 30 s.*try again"):
+        list(client.service_order_notes(["o1", "o2"]))
+
+    batches = [len(b["ServiceOrderIds"]) for b in fake.sent(NOTES_OPERATION)]
+    # Pages of 1000, 500, ... 15, 10, then one id (the first half): nothing less to ask for.
+    assert batches == [2] * 8 + [1] * 8
+    assert client.stats.splits == 1 and client.stats.timeouts == 16
+    assert RequestTimedOutError("x", 1).transient  # exit 4: try again later
+
+
+def test_connect_timeouts_and_dropped_connections_are_still_retried_with_backoff():
+    failures = iter([httpx.ConnectTimeout("no route"), httpx.RemoteProtocolError("dropped")])
+
+    def refuse(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        if failure := next(failures, None):
+            raise failure
+        return None
+
+    fake = FakeMews(orders=daily_orders(START, 3), refuse=refuse)
+    clock = FakeClock()
+    client = client_for(fake, clock)
+
+    assert len(order_ids(client, START, START + timedelta(days=3))) == 3
+    assert client.stats.retries == len(clock.sleeps) == 2 and client.stats.timeouts == 0
+    assert [b["Limitation"]["Count"] for b in fake.sent()] == [1000] * 4  # 2 failed, page, end

@@ -84,6 +84,20 @@ class RequestTooHeavyError(MewsApiError):
     """408: the request asked for too much; the fix is to ask for less, not to retry it."""
 
 
+class RequestTimedOutError(RequestTooHeavyError):
+    """No answer within the client's timeout to a request the server took: a heavy request may
+    take that long and never come back as a 408, so it is treated as one."""
+
+    def __init__(self, operation: str, timeout: float):
+        MewsError.__init__(
+            self,
+            f"Mews {operation} did not answer within {timeout:g} s, even when asked for the "
+            "least: try again later.",
+        )
+        self.operation, self.status, self.api_message = operation, 408, "no answer in time"
+        self.request_id, self.transient = None, True
+
+
 class IntervalTooLongError(MewsApiError):
     """400 on an UpdatedUtc interval longer than the strictest reading of "3 months" allows:
     probably that reading; the client shortens its windows and asks again."""
@@ -119,6 +133,7 @@ class ClientStats(Counters):
     retries: int = 0
     throttled: int = 0  # 429 answers
     heavy: int = 0  # 408 answers
+    timeouts: int = 0  # getAll requests with no answer within the timeout: taken as 408s
     short_pages: int = 0  # pages with fewer items than asked for that were not the last
     end_probes: int = 0  # requests that only showed a short page was the last: its cost
     too_long_windows: int = 0  # 400s that taught the client the strictest "3 months"
@@ -290,7 +305,7 @@ class MewsClient:
             raise MewsConfigError(f"The page size must be between 1 and {PAGE_SIZE}.")
         self._tokens = {"ClientToken": client_token.strip(), "AccessToken": access_token.strip()}
         self.client_name = client or DEFAULT_CLIENT
-        self.page_size = page_size
+        self.page_size, self.timeout = page_size, timeout
         self.max_retries, self.backoff_base, self.backoff_max = (
             max_retries,
             backoff_base,
@@ -344,6 +359,11 @@ class MewsClient:
             try:
                 response = self._http.post("/" + operation, content=content)
             except httpx.TransportError as exc:
+                if isinstance(exc, httpx.ReadTimeout) and operation.endswith("/getAll"):
+                    # Sent and taken, but no answer in time: the same request would most likely
+                    # take as long again, so ask for less at once, as for a 408.
+                    self._count(timeouts=1)
+                    raise RequestTimedOutError(operation, self.timeout) from exc
                 failure, pause = f"connection failed ({type(exc).__name__})", None
             else:
                 status = response.status_code
