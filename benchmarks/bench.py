@@ -81,12 +81,12 @@ def requests_by_operation(sandbox: Any) -> dict[str, int]:
 
 
 def scenario(name: str, url: str, database: str, workdir: str, rate_limited: bool) -> dict:
-    from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN
+    from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
 
-    tokens = {"client_token": DEMO_CLIENT_TOKEN, "access_token": DEMO_ACCESS_TOKEN}
+    tokens = {"client_token": DEMO_CLIENT_TOKEN, "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN}
     started = time.perf_counter()
     if name == "bare":
-        rows = bare_fetch(url, DEMO_CLIENT_TOKEN, DEMO_ACCESS_TOKEN)
+        rows = bare_fetch(url, DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN)
     elif name in ("pipeline", "nightly"):
         from pipelines.mews_pipeline import sync
 

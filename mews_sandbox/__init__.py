@@ -3,6 +3,7 @@
 from mews_sandbox.app import (
     DEMO_ACCESS_TOKEN,
     DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
     Faults,
     LoggedRequest,
     RequestLog,
@@ -14,6 +15,7 @@ from mews_sandbox.app import (
 __all__ = [
     "DEMO_ACCESS_TOKEN",
     "DEMO_CLIENT_TOKEN",
+    "DEMO_PORTFOLIO_ACCESS_TOKEN",
     "Faults",
     "LoggedRequest",
     "RequestLog",

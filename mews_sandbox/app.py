@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     import httpx
 
 DEMO_CLIENT_TOKEN = "E0D439EE522F44368DC78E1BFB03710C-D24FB11DBE31D4621C4817E028D9E1D"
+# The seeds' sample AccessToken: Mews' public demo property, one enterprise (the first).
 DEMO_ACCESS_TOKEN = "C66EF7B239D24632943D115EDE9CB810-EA00F8FD8294692C940F6B5A8F9453D"
+# The sandbox's own, same format: a portfolio token covering every enterprise.
+DEMO_PORTFOLIO_ACCESS_TOKEN = "86C4F9A426792C7909D70D3D53DF6531-727F95D5830C482AE4C9951800E0782"
 
 API_PREFIX = "/api/connector/v1/"
 GET_ORDERS = "productServiceOrders/getAll"
@@ -323,7 +326,7 @@ class Sandbox:
         self.client_token = DEMO_CLIENT_TOKEN
         self.log = RequestLog()
         self._lock = threading.RLock()
-        self._tokens: dict[str, frozenset[str] | None] = {DEMO_ACCESS_TOKEN: None}
+        self._tokens: dict[str, frozenset[str] | None] = {DEMO_PORTFOLIO_ACCESS_TOKEN: None}
         self._rng = random.Random(f"sandbox-runtime-{seed}")  # ids created at run time
         self._profile_id = data.new_id(self._rng)  # the "user" behind Connector API writes
         self._hits: dict[str, deque[float]] = {}  # rate limit: request times per token
@@ -333,6 +336,7 @@ class Sandbox:
         # Without a data set: the enterprises and services, but no orders or notes.
         ds = dataset or data.generate(0, seed, _default_anchor())
         self._enterprises = {e.Id: e for e in ds.enterprises}
+        self._tokens[DEMO_ACCESS_TOKEN] = frozenset({ds.enterprises[0].Id})
         self._services = {s.Id: s for s in ds.services}
         self._orders = ds.orders  # index == seq
         self._orders_by_id = {o.Id: o for o in ds.orders}

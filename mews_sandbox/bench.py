@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from statistics import median
 
-from mews_sandbox.app import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
+from mews_sandbox.app import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
 
 PATH = "/api/connector/v1/productServiceOrders/getAll"
 
@@ -40,7 +40,8 @@ def main(orders: int) -> None:
     print(f"generate({orders:,}): {seconds:.1f} s, peak RSS {peak_mb:,.0f} MB, "
           f"{len(sb._notes_by_id):,} notes")
 
-    base = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN, "Client": "bench",
+    base = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_PORTFOLIO_ACCESS_TOKEN,
+            "Client": "bench",
             "ServiceIds": [s["Id"] for s in sb.services()]}
     quarter = {**base, "UpdatedUtc": {"StartUtc": "2025-07-01T00:00:00Z",
                                       "EndUtc": "2025-10-01T00:00:00Z"}}

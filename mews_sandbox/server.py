@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mews_sandbox.app import DEMO_ACCESS_TOKEN, Sandbox
+from mews_sandbox.app import DEMO_ACCESS_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
 
 
 class SandboxTransport(httpx.BaseTransport):
@@ -99,16 +99,19 @@ def _run(server: ThreadingHTTPServer) -> None:
 def run_cli(port: int, orders: int, seed: int, client_token: str | None,
             access_token: str | None) -> None:
     """For `mews-sync sandbox`: generate, say where, serve until Ctrl-C. Custom tokens
-    replace the demo ones; they are never printed (the demo ones only by name)."""
+    replace the demo ones (a custom AccessToken covers every enterprise); they are never
+    printed (the demo ones only by name)."""
     sandbox = Sandbox.generate(orders=orders, seed=seed)
     if client_token:
         sandbox.client_token = client_token
     if access_token:
         sandbox.remove_token(DEMO_ACCESS_TOKEN)
+        sandbox.remove_token(DEMO_PORTFOLIO_ACCESS_TOKEN)
         sandbox.add_token(access_token)
     server = _server(sandbox, "127.0.0.1", port)
     client_name = "custom" if client_token else "DEMO_CLIENT_TOKEN"
-    access_name = "custom" if access_token else "DEMO_ACCESS_TOKEN"
+    access_name = ("custom" if access_token else
+                   "DEMO_ACCESS_TOKEN (one enterprise) or DEMO_PORTFOLIO_ACCESS_TOKEN (all)")
     print(f"Mews sandbox at http://127.0.0.1:{server.server_address[1]} ({orders} orders, "
           f"seed {seed}); ClientToken: {client_name}, AccessToken: {access_name}. "
           "Ctrl-C stops.", flush=True)

@@ -204,7 +204,7 @@ def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> R
 def demo_command(args: argparse.Namespace) -> int:
     import duckdb
 
-    from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
+    from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
     from pipelines.mews_pipeline import RUNS_SUFFIX, beside, exclusive, table_counts
 
     if args.orders < 1:
@@ -229,7 +229,7 @@ def demo_command(args: argparse.Namespace) -> int:
             pipelines_dir=workdir,
             platform_url=url,
             client_token=DEMO_CLIENT_TOKEN,
-            access_token=DEMO_ACCESS_TOKEN,
+            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
             start_date="2015-01-01",
             rate_limit_requests=0,
         )

@@ -7,7 +7,7 @@ import httpx
 import postgres_server as pg
 import pytest
 
-from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
+from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
 
 SandboxCall = Callable[..., httpx.Response]
 
@@ -33,7 +33,7 @@ def mews_call() -> Iterator[SandboxCall]:
             )
         body = {
             "ClientToken": DEMO_CLIENT_TOKEN,
-            "AccessToken": DEMO_ACCESS_TOKEN,
+            "AccessToken": DEMO_PORTFOLIO_ACCESS_TOKEN,
             "Client": "sandbox-tests 1.0",
             **fields,
         }

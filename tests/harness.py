@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from mews_sandbox import DEMO_ACCESS_TOKEN, Sandbox
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
 from pipelines.mews_pipeline import RunReport, sync
 from sources.mews.settings import DEFAULT_NOTE_TYPES
 
@@ -46,7 +46,7 @@ class Target:
         args = {
             "platform_url": "http://sandbox.local",
             "client_token": self.sandbox.client_token,
-            "access_token": DEMO_ACCESS_TOKEN,
+            "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN,
             "transport": self.sandbox.transport(),
             "start_date": START_DATE,
             "rate_limit_requests": 0,

@@ -8,7 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, SandboxConfig
+from mews_sandbox import (
+    DEMO_ACCESS_TOKEN,
+    DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
+    Sandbox,
+    SandboxConfig,
+)
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 ORDERS = "productServiceOrders/getAll"
@@ -761,6 +767,25 @@ def test_portfolio_tokens_and_enterprise_ids(mews_call: Any) -> None:
         Types=["General", "ChannelManager", "SpecialRequest"],
     ).json()
     assert notes["ServiceOrderNotes"] == []
+
+
+def test_the_demo_token_covers_one_enterprise_and_the_portfolio_token_all(mews_call: Any) -> None:
+    sb = Sandbox.generate(orders=300, seed=8, now=NOW)
+    first = sb.enterprises()[0]["Id"]
+    enterprise_of = {s["Id"]: s["EnterpriseId"] for s in sb.services()}
+    services = product_service_ids(sb)
+    assert DEMO_PORTFOLIO_ACCESS_TOKEN != DEMO_ACCESS_TOKEN
+    assert [len(part) for part in DEMO_PORTFOLIO_ACCESS_TOKEN.split("-")] == [
+        len(part) for part in DEMO_ACCESS_TOKEN.split("-")
+    ]
+    demo = _ids(mews_call, sb, ServiceIds=services, AccessToken=DEMO_ACCESS_TOKEN)
+    assert demo == [
+        o["Id"] for o in reversed(sb.orders()) if enterprise_of[o["ServiceId"]] == first
+    ]
+    seen = mews_call(sb, SERVICES, AccessToken=DEMO_ACCESS_TOKEN, Limitation={"Count": 100})
+    assert {s["EnterpriseId"] for s in seen.json()["Services"]} == {first}
+    portfolio = _ids(mews_call, sb, ServiceIds=services, AccessToken=DEMO_PORTFOLIO_ACCESS_TOKEN)
+    assert portfolio == [o["Id"] for o in reversed(sb.orders())]
 
 
 # --- notes -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from mews_sandbox import (
     DEMO_ACCESS_TOKEN,
     DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
     Faults,
     Sandbox,
     SandboxConfig,
@@ -79,7 +80,7 @@ def test_rate_limit_429s_can_come_without_retry_after_or_with_a_huge_one(
 def test_another_process_can_use_up_the_same_token(mews_call: Any) -> None:
     sb = Sandbox(config=SandboxConfig(rate_limit=(5, 30.0)))
     sb.add_token("OTHER-TOKEN")
-    sb.consume_rate_limit(DEMO_ACCESS_TOKEN, 4)
+    sb.consume_rate_limit(DEMO_PORTFOLIO_ACCESS_TOKEN, 4)
     assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 200
     assert mews_call(sb, SERVICES, Limitation=LIMIT).status_code == 429
     assert mews_call(sb, SERVICES, Limitation=LIMIT, AccessToken="OTHER-TOKEN").status_code == 200
@@ -259,7 +260,13 @@ def test_the_log_keeps_every_request_without_tokens(mews_call: Any) -> None:
     }
     assert all(started <= e.at <= time.time() for e in entries)
     logged = repr(entries)
-    for secret in (DEMO_CLIENT_TOKEN, DEMO_ACCESS_TOKEN, "a-secret-that-is-wrong"):
+    secrets = (
+        DEMO_CLIENT_TOKEN,
+        DEMO_ACCESS_TOKEN,
+        DEMO_PORTFOLIO_ACCESS_TOKEN,
+        "a-secret-that-is-wrong",
+    )
+    for secret in secrets:
         assert secret not in logged
     assert sb.log.count() == 4 and sb.log.count(SERVICES) == 3
     assert sb.log.count(status=400) == 1 and sb.log.count(SERVICES, 200) == 1
@@ -277,7 +284,11 @@ def test_concurrent_reads_and_writes_stay_consistent() -> None:
     notes_before = len(sb.notes())
     statuses: list[int] = []
     lock = threading.Lock()
-    auth = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN, "Client": "t"}
+    auth = {
+        "ClientToken": DEMO_CLIENT_TOKEN,
+        "AccessToken": DEMO_PORTFOLIO_ACCESS_TOKEN,
+        "Client": "t",
+    }
     window = {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:00Z"}
 
     def work(worker: int) -> None:
@@ -321,7 +332,11 @@ def test_concurrent_reads_and_writes_stay_consistent() -> None:
 
 def test_round_trip_over_loopback_http() -> None:
     sb = Sandbox.generate(orders=100, seed=4)
-    auth = {"ClientToken": DEMO_CLIENT_TOKEN, "AccessToken": DEMO_ACCESS_TOKEN, "Client": "t"}
+    auth = {
+        "ClientToken": DEMO_CLIENT_TOKEN,
+        "AccessToken": DEMO_PORTFOLIO_ACCESS_TOKEN,
+        "Client": "t",
+    }
     target = next(
         s for s in sb.services() if s["Data"]["Discriminator"] == "Additional" and s["IsActive"]
     )
@@ -449,8 +464,8 @@ def test_the_cli_serves_with_custom_tokens_it_never_prints() -> None:
             "Limitation": LIMIT,
         }
         assert httpx.post(url, json=custom).status_code == 200
-        demo = {**custom, "AccessToken": DEMO_ACCESS_TOKEN}
-        assert httpx.post(url, json=demo).status_code == 401
+        for token in (DEMO_ACCESS_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN):
+            assert httpx.post(url, json={**custom, "AccessToken": token}).status_code == 401
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=10)

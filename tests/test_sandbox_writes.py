@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mews_sandbox import Sandbox
+from mews_sandbox import DEMO_ACCESS_TOKEN, Sandbox
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 LATER = NOW + timedelta(days=3, hours=2, minutes=5, seconds=7)
@@ -162,6 +162,16 @@ def test_orders_add_with_a_single_enterprise_token_needs_no_enterprise_id(
         sb, "orders/add", AccessToken="ONE-PROPERTY", ServiceId=other["Id"], AccountId="a-1"
     )
     assert refused.status_code == 400
+
+
+def test_orders_add_with_the_demo_token_needs_no_enterprise_id(sb: Sandbox, mews_call: Any) -> None:
+    target = service(sb)  # of the first enterprise, the demo token's one
+    assert target["EnterpriseId"] == sb.enterprises()[0]["Id"]
+    fields = {"ServiceId": target["Id"], "AccountId": "a-1"}
+    response = mews_call(sb, "orders/add", AccessToken=DEMO_ACCESS_TOKEN, **fields)
+    assert response.status_code == 200, response.text
+    refused = mews_call(sb, "orders/add", **fields)  # the portfolio token needs it
+    assert refused.status_code == 400 and "EnterpriseId" in refused.json()["Message"]
 
 
 @pytest.mark.parametrize(
