@@ -4,6 +4,7 @@ leaves open: heavy requests, short pages, how "3 months" is counted, timeouts, r
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -19,8 +20,10 @@ from sources.mews.client import (
     MewsApiError,
     MewsClient,
     MewsResponseError,
+    MewsUnavailableError,
     RequestTimedOutError,
     RequestTooHeavyError,
+    SlidingWindowLimiter,
 )
 from sources.mews.settings import (
     MAX_WINDOW_DAYS_STRICTEST,
@@ -28,6 +31,8 @@ from sources.mews.settings import (
     MIN_WINDOW,
     NOTES_OPERATION,
     ORDERS_OPERATION,
+    RATE_DECREASE_FACTOR,
+    RATE_RECOVERY_PER_SUCCESS,
 )
 
 SERVICE = "3b2a7f0e-3a4b-4c5d-8e9f-0a1b2c3d4e5f"
@@ -125,6 +130,7 @@ def client_for(fake: FakeMews, clock: FakeClock | None = None, **options: Any) -
         "access-token",
         transport=httpx.MockTransport(fake),
         sleep=clock.sleep,
+        clock=clock,
         stats=ClientStats(),
         **options,
     )
@@ -367,3 +373,113 @@ def test_connect_timeouts_and_dropped_connections_are_still_retried_with_backoff
     assert len(order_ids(client, START, START + timedelta(days=3))) == 3
     assert client.stats.retries == len(clock.sleeps) == 2 and client.stats.timeouts == 0
     assert [b["Limitation"]["Count"] for b in fake.sent()] == [1000] * 4  # 2 failed, page, end
+
+
+# -- 5. a lower rate limit, or another process on the same token ----------------------------
+
+
+def too_many(retry_after: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    return answer(429, {"Message": "Too many requests."}, **headers)
+
+
+def test_a_429_holds_every_thread_that_shares_the_client_not_only_the_one_that_got_it():
+    clock = FakeClock()
+    sent: list[tuple[str, float]] = []
+
+    def first_is_throttled(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        sent.append((threading.current_thread().name, clock.now))
+        return too_many("5") if len(sent) == 1 else None
+
+    client = client_for(FakeMews(refuse=first_is_throttled), clock, rate_limit=(200, 30.0))
+    paused = threading.Event()
+    limiter = client._limiter
+    assert limiter is not None
+    throttled = limiter.throttled
+    limiter.throttled = lambda pause: (throttled(pause), paused.set())  # type: ignore[method-assign]
+
+    def walk() -> None:
+        order_ids(client, START, START + timedelta(days=1))
+
+    def walk_once_paused() -> None:
+        assert paused.wait(10)
+        walk()
+
+    threads = [
+        threading.Thread(target=walk, name="A"),
+        threading.Thread(target=walk_once_paused, name="B"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert sent[0] == ("A", 0.0)
+    assert sorted(name for name, _ in sent[1:]) == ["A", "B"]
+    assert all(at >= 5.0 for _, at in sent[1:])  # B, which never got a 429, waited too
+    assert client.stats.throttle_wait_seconds == 5.0
+
+
+def test_the_limiter_allows_fewer_requests_after_429s_and_recovers_slowly():
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(200, 30.0, clock=clock, sleep=clock.sleep)
+
+    limiter.throttled(2.0)
+    limiter.throttled(2.0)  # during the first one's pause: the same burst, one signal
+    assert limiter.allowed == 200 * RATE_DECREASE_FACTOR
+    clock.now += 3.0
+    limiter.throttled(2.0)
+    assert limiter.allowed == 200 * RATE_DECREASE_FACTOR**2
+    for _ in range(100):
+        limiter.succeeded()
+    assert limiter.allowed == pytest.approx(50 + 100 * RATE_RECOVERY_PER_SUCCESS)
+
+    # The lower limit holds: 60 starts in one window, the 61st waits for the first to leave.
+    starts = []
+    for _ in range(61):
+        limiter.acquire()
+        starts.append(clock.now)
+    assert starts[0] == 5.0 and starts[59] == 5.0 and starts[60] >= 5.0 + 30.0
+
+
+def test_429s_slow_the_client_down():
+    answers = iter([too_many("1"), None, too_many("1"), too_many("1")])
+    fake = FakeMews(refuse=lambda operation, body: next(answers, None))
+    client = client_for(fake, rate_limit=(200, 30.0))
+
+    order_ids(client, START, START + timedelta(days=1))
+    order_ids(client, START, START + timedelta(days=1))
+
+    assert client._limiter is not None and client._limiter.allowed < 200 * RATE_DECREASE_FACTOR
+    assert client.stats.throttled == 3
+
+
+def test_429s_without_retry_after_back_off_exponentially_with_jitter():
+    answers = iter([too_many()] * 5)
+    fake = FakeMews(refuse=lambda operation, body: next(answers, None))
+    clock = FakeClock()
+    client = client_for(fake, clock, rate_limit=(200, 30.0), backoff_base=1.0)
+
+    order_ids(client, START, START + timedelta(days=1))
+
+    assert len(clock.sleeps) == 5 and len(set(clock.sleeps)) == 5  # no fixed pause
+    assert all(0 <= pause <= 2**attempt for attempt, pause in enumerate(clock.sleeps))
+
+
+def test_a_retry_after_longer_than_the_cap_stops_at_once_with_one_sentence():
+    fake = FakeMews(refuse=lambda operation, body: too_many("3600"))
+    clock = FakeClock()
+    client = client_for(fake, clock, rate_limit=(200, 30.0), max_retry_after_seconds=120)
+
+    with pytest.raises(MewsUnavailableError) as raised:
+        order_ids(client, START, START + timedelta(days=1))
+    assert str(raised.value) == (
+        f"Mews {ORDERS_OPERATION} asked to wait 3600 s, more than the 120 s this client waits "
+        "(max_retry_after_seconds): try again later."
+    )
+    assert clock.sleeps == [] and len(fake.requests) == 1
+
+    # Every other thread of the client stops too, without asking again.
+    with pytest.raises(MewsUnavailableError, match="asked to wait 3600 s"):
+        list(client.service_order_notes(["o1"]))
+    assert len(fake.requests) == 1

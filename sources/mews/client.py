@@ -34,6 +34,7 @@ from .settings import (
     ITEMS_KEY,
     MAX_IDS_PER_REQUEST,
     MAX_RETRIES,
+    MAX_RETRY_AFTER_SECONDS,
     MAX_WINDOW_DAYS_STRICTEST,
     MAX_WINDOW_MONTHS,
     MIN_PAGE_SIZE,
@@ -41,8 +42,10 @@ from .settings import (
     NOTES_OPERATION,
     ORDERS_OPERATION,
     PAGE_SIZE,
+    RATE_DECREASE_FACTOR,
     RATE_LIMIT_REQUESTS,
     RATE_LIMIT_SECONDS,
+    RATE_RECOVERY_PER_SUCCESS,
     REQUEST_TIMEOUT_SECONDS,
     SERVICES_OPERATION,
 )
@@ -143,7 +146,15 @@ class ClientStats(Counters):
 
 
 class SlidingWindowLimiter:
-    """At most `max_requests` starts in any `window_seconds`, shared by all threads."""
+    """At most `allowed` request starts in any `window_seconds`, shared by all threads of a
+    client, that is by one AccessToken; and a pause after a 429 that holds all of them.
+
+    `allowed` starts at `max_requests`. Mews' limit is "best effort" and another process may
+    share the token, so a 429 means the real limit is lower than ours for now: each 429
+    multiplies `allowed` by RATE_DECREASE_FACTOR, and each answered request adds
+    RATE_RECOVERY_PER_SUCCESS back, up to `max_requests` (additive increase, multiplicative
+    decrease, as TCP does: quick to back off, slow to push again).
+    """
 
     def __init__(
         self,
@@ -155,28 +166,54 @@ class SlidingWindowLimiter:
         if max_requests < 1 or window_seconds <= 0:
             raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
         self.max_requests = max_requests
+        self.allowed = float(max_requests)
         # A small margin: our start and the server's arrival are not the same instant.
         self.window_seconds = window_seconds + min(0.5, window_seconds * 0.05)
         self._clock, self._sleep = clock, sleep
         self._starts: deque[float] = deque()
         self._lock = threading.Lock()
+        # Not `_lock`: a thread that got a 429 must not wait for one sleeping in acquire().
+        self._rate_lock = threading.Lock()
+        self._paused_until = float("-inf")
 
-    def acquire(self) -> float:
-        """Block until a request may start; return the seconds waited."""
-        waited = 0.0
+    def acquire(self) -> tuple[float, float]:
+        """Block until a request may start; return the seconds waited for the window and for
+        a pause after a 429."""
+        window_wait = pause_wait = 0.0
         # Holding the lock while sleeping is deliberate: every other caller would wait anyway,
         # and it keeps the order of requests fair.
         with self._lock:
             while True:
                 now = self._clock()
+                if now < self._paused_until:
+                    pause = self._paused_until - now
+                    self._sleep(pause)
+                    pause_wait += pause
+                    continue
                 while self._starts and self._starts[0] <= now - self.window_seconds:
                     self._starts.popleft()
-                if len(self._starts) < self.max_requests:
+                if len(self._starts) < int(self.allowed):
                     self._starts.append(now)
-                    return waited
-                pause = self._starts[0] + self.window_seconds - now
+                    return window_wait, pause_wait
+                # Until enough starts have left the window (more than one after a 429 cut).
+                oldest_to_leave = self._starts[len(self._starts) - int(self.allowed)]
+                pause = oldest_to_leave + self.window_seconds - now
                 self._sleep(pause)
-                waited += pause
+                window_wait += pause
+
+    def throttled(self, pause: float) -> None:
+        """A 429: no thread starts a request for `pause` seconds, and fewer start after."""
+        with self._rate_lock:
+            now = self._clock()
+            # 429s that come during the pause answer requests sent before it: one signal.
+            if now >= self._paused_until:
+                self.allowed = max(1.0, self.allowed * RATE_DECREASE_FACTOR)
+            self._paused_until = max(self._paused_until, now + pause)
+
+    def succeeded(self) -> None:
+        """An answered request: allow a little more again."""
+        with self._rate_lock:
+            self.allowed = min(self.max_requests, self.allowed + RATE_RECOVERY_PER_SUCCESS)
 
 
 def format_utc(moment: datetime) -> str:
@@ -279,7 +316,13 @@ def check_platform_url(url: str) -> str:
 
 
 class MewsClient:
-    """One Mews AccessToken's view of the Connector API."""
+    """One Mews AccessToken's view of the Connector API.
+
+    `rate_limit`: (requests, seconds) for the client-side limiter, None for none (then a 429
+    holds only the thread that got it). `max_retry_after_seconds`: a 429 that asks to wait
+    longer stops every request at once with MewsUnavailableError. `sleep` and `clock` let
+    tests run without waiting.
+    """
 
     def __init__(
         self,
@@ -295,7 +338,9 @@ class MewsClient:
         max_retries: int = MAX_RETRIES,
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_max: float = BACKOFF_MAX_SECONDS,
+        max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         stats: ClientStats | None = None,
     ):
         for name, token in (("CLIENT_TOKEN", client_token), ("ACCESS_TOKEN", access_token)):
@@ -311,8 +356,12 @@ class MewsClient:
             backoff_base,
             backoff_max,
         )
+        self.max_retry_after_seconds = max_retry_after_seconds
         self._sleep = sleep
-        self._limiter = SlidingWindowLimiter(*rate_limit, sleep=sleep) if rate_limit else None
+        self._limiter = (
+            SlidingWindowLimiter(*rate_limit, clock=clock, sleep=sleep) if rate_limit else None
+        )
+        self._stopped: str | None = None  # why every later request fails at once
         self._http = httpx.Client(
             base_url=check_platform_url(platform_url) + API_PATH,
             transport=transport,
@@ -352,9 +401,11 @@ class MewsClient:
         content = json.dumps({**self._tokens, "Client": self.client_name, **payload}).encode()
         attempt = 0
         while True:
+            if self._stopped:
+                raise MewsUnavailableError(self._stopped)
             if self._limiter:
-                waited = self._limiter.acquire()
-                self._count(limiter_wait_seconds=waited)
+                window_wait, pause_wait = self._limiter.acquire()
+                self._count(limiter_wait_seconds=window_wait, throttle_wait_seconds=pause_wait)
             self._count(operation=operation)
             try:
                 response = self._http.post("/" + operation, content=content)
@@ -367,6 +418,8 @@ class MewsClient:
                 failure, pause = f"connection failed ({type(exc).__name__})", None
             else:
                 status = response.status_code
+                if status != 429 and self._limiter:
+                    self._limiter.succeeded()
                 if status == 200:
                     page = arrow_items and read_arrow_page(response.content, *arrow_items)
                     if page:
@@ -388,6 +441,15 @@ class MewsClient:
                         response.headers.get("Retry-After"), lambda: datetime.now(UTC)
                     )
                     self._count(throttled=1)
+                    if pause is not None and pause > self.max_retry_after_seconds:
+                        # Holding the run that long would hold its lock and its timer too;
+                        # the other threads stop as well rather than push on meanwhile.
+                        self._stopped = (
+                            f"Mews {operation} asked to wait {pause:.0f} s, more than the "
+                            f"{self.max_retry_after_seconds:g} s this client waits "
+                            "(max_retry_after_seconds): try again later."
+                        )
+                        raise MewsUnavailableError(self._stopped)
                 elif status == 408:
                     self._count(heavy=1)
                     raise RequestTooHeavyError(operation, status, *self._error_details(response))
@@ -403,10 +465,15 @@ class MewsClient:
             if pause is None:
                 # Exponential backoff with full jitter, so parallel clients do not retry in step.
                 pause = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-            if failure.startswith("rate limited"):
-                self._count(throttle_wait_seconds=pause)
             self._count(retries=1)
-            self._sleep(pause)
+            if failure.startswith("rate limited") and self._limiter:
+                # The token is over the limit, not this thread: every thread of the client
+                # waits, in acquire(), which counts the wait.
+                self._limiter.throttled(pause)
+            else:
+                if failure.startswith("rate limited"):
+                    self._count(throttle_wait_seconds=pause)
+                self._sleep(pause)
             attempt += 1
 
     def _error_details(self, response: httpx.Response) -> tuple[str, str | None]:

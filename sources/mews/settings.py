@@ -44,6 +44,14 @@ DEFAULT_NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
 
 RATE_LIMIT_REQUESTS = 200  # per AccessToken ...
 RATE_LIMIT_SECONDS = 30.0  # ... per sliding window
+# After a 429 the client-side limit halves (429s that arrive while the pause they caused is
+# still on count once) and each answered request gives back a tenth of a request per window:
+# from 100 back to 200 takes 1,000 requests, about 5 minutes at 100 / 30 s.
+RATE_DECREASE_FACTOR = 0.5
+RATE_RECOVERY_PER_SUCCESS = 0.1
+# A 429 asking to wait longer than this stops the run (exit 4, try again later) instead of
+# holding it, and a lock or a systemd timer, for that long.
+MAX_RETRY_AFTER_SECONDS = 120.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 MAX_RETRIES = 8
 BACKOFF_BASE_SECONDS = 1.0
