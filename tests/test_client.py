@@ -100,10 +100,22 @@ def test_parse_utc_reads_dates_and_zones_as_utc():
     assert parse_utc("2024-01-31T02:00:00+02:00", "x") == datetime(2024, 1, 31, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("value", ["abc", [], [""], [1, 2], {"a": 1}])
+@pytest.mark.parametrize("value", ["abc", [""], [1, 2], {"a": 1}])
 def test_check_ids_refuses_anything_but_a_list_of_ids(value):
     with pytest.raises(MewsConfigError, match="JSON list of ids"):
         check_ids(value, "SOURCES__MEWS__SERVICE_IDS")
+
+
+def test_check_ids_says_an_empty_list_is_to_be_unset_to_mean_all():
+    with pytest.raises(MewsConfigError, match="ENTERPRISE_IDS is an empty list: unset it"):
+        check_ids([], "SOURCES__MEWS__ENTERPRISE_IDS")
+
+
+def test_check_ids_names_the_setting_and_the_first_id_that_is_not_a_uuid():
+    good = "AE8DA28C-3A4B-4C5D-8E9F-0A1B2C3D4E5F"
+    with pytest.raises(MewsConfigError, match="SERVICE_IDS holds 'ae8da28c-x', which is not a"):
+        check_ids([good, "ae8da28c-x", "nope"], "SOURCES__MEWS__SERVICE_IDS")
+    assert check_ids([f" {good} "], "SOURCES__MEWS__SERVICE_IDS") == [good]  # as written
 
 
 @pytest.mark.parametrize(

@@ -483,3 +483,31 @@ def test_a_retry_after_longer_than_the_cap_stops_at_once_with_one_sentence():
     with pytest.raises(MewsUnavailableError, match="asked to wait 3600 s"):
         list(client.service_order_notes(["o1"]))
     assert len(fake.requests) == 1
+
+
+# -- 6. no empty id list is ever sent; a cursor goes back as it came -------------------------
+
+
+def test_empty_id_lists_ask_for_nothing_and_send_nothing():
+    fake = FakeMews()
+    client = client_for(fake)
+    end = START + timedelta(days=1)
+
+    assert list(client.service_order_notes([])) == []
+    assert list(client.product_service_orders([], START, end)) == []
+    assert list(client.product_service_orders([SERVICE], START, end, enterprise_ids=[])) == []
+    assert list(client.service_order_notes(["o1"], enterprise_ids=[])) == []
+    assert list(client.services([])) == []
+    assert list(client.services(None, enterprise_ids=[])) == []
+    assert fake.requests == []
+
+
+def test_a_cursor_from_the_server_goes_back_as_it_came():
+    cursors = iter(["Not-A-UUID {1}", None])
+
+    def pages(operation: str, body: dict[str, Any]) -> httpx.Response:
+        return answer(200, {"ProductServiceOrders": [{"Id": "o1"}], "Cursor": next(cursors)})
+
+    fake = FakeMews(refuse=pages)
+    assert len(order_ids(client_for(fake), START, START + timedelta(days=1))) == 2
+    assert fake.sent()[1]["Limitation"]["Cursor"] == "Not-A-UUID {1}"

@@ -7,6 +7,7 @@ notes of every page of orders it got; `services` names the services the orders b
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -278,13 +279,23 @@ def parse_utc(value: str | datetime | None, name: str) -> datetime:
 
 
 def check_ids(value: Any, name: str) -> list[str] | None:
-    """None, or a non-empty list of non-empty id strings; anything else is a config error."""
+    """None, or a non-empty list of UUIDs, kept as written; anything else is a config error
+    naming the setting: Mews takes no empty id list and no id that is not a UUID."""
     if value is None:
         return None
-    if (
-        not isinstance(value, list | tuple)
-        or not value
-        or not all(isinstance(v, str) and v.strip() for v in value)
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and v.strip() for v in value
     ):
         raise MewsConfigError(f'{name} must be a JSON list of ids, e.g. ["ae8da28c-..."].')
-    return [v.strip() for v in value]
+    if not value:
+        raise MewsConfigError(f"{name} is an empty list: unset it to mean all, or list ids.")
+    ids = [v.strip() for v in value]
+    for text in ids:
+        try:
+            uuid.UUID(text)
+        except ValueError:
+            raise MewsConfigError(
+                f"{name} holds {text!r}, which is not a Mews id: ids are UUIDs like "
+                "ae8da28c-3a4b-4c5d-8e9f-0a1b2c3d4e5f."
+            ) from None
+    return ids

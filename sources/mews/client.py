@@ -289,6 +289,12 @@ def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[lis
         yield batch
 
 
+def asks_for_nothing(*id_lists: list[str] | None) -> bool:
+    """True when an id filter is an empty list: nothing can match it, and Mews takes no empty
+    id list (`minItems: 1`). None is no filter."""
+    return any(ids is not None and not ids for ids in id_lists)
+
+
 def halve_ids(ids: list[str]) -> tuple[list[str], list[str]] | None:
     """Two halves of a batch of ids; None for a single id."""
     half = len(ids) // 2
@@ -559,8 +565,11 @@ class MewsClient:
         Any number of service ids and any interval: it is sent in windows of at most
         `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages are too heavy, a
         window is halved (down to MIN_WINDOW). Pages already yielded may come again: keep one
-        row per order id. `item_schema`: see `iter_pages`.
+        row per order id. `item_schema`: see `iter_pages`. An empty list of ids asks for
+        nothing (no request); `enterprise_ids=None` is every enterprise of the token.
         """
+        if asks_for_nothing(service_ids, enterprise_ids):
+            return
         for services in chunked(service_ids):
             filters: dict[str, Any] = {"ServiceIds": services}
             if enterprise_ids:
@@ -613,8 +622,11 @@ class MewsClient:
         """Pages of the notes of these orders, any number of ids, in batches of 1000.
 
         When even small pages are too heavy, the batch of ids is halved; pages already
-        yielded for it come again. `item_schema`: see `iter_pages`.
+        yielded for it come again. `item_schema`: see `iter_pages`. An empty list of ids asks
+        for nothing (no request).
         """
+        if asks_for_nothing(enterprise_ids):
+            return
         filters: dict[str, Any] = {}
         if types := list(types or []):
             filters["Types"] = types
@@ -657,7 +669,9 @@ class MewsClient:
     def services(
         self, service_ids: list[str] | None = None, enterprise_ids: list[str] | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of services, all of them or only the given ids."""
+        """Pages of services, all of them (None) or only the given ids (none for [])."""
+        if asks_for_nothing(service_ids, enterprise_ids):
+            return
         for services in chunked(service_ids) if service_ids else [None]:
             filters: dict[str, Any] = {}
             if services:
