@@ -36,8 +36,9 @@ ADD_NOTES = "serviceOrderNotes/add"
 UPDATE_NOTES = "serviceOrderNotes/update"
 DELETE_NOTES = "serviceOrderNotes/delete"
 GET_SERVICES = "services/getAll"
+GET_ENTERPRISES = "enterprises/getAll"
 OPERATIONS = frozenset({GET_ORDERS, ADD_ORDER, GET_NOTES, ADD_NOTES, UPDATE_NOTES, DELETE_NOTES,
-                        GET_SERVICES})
+                        GET_SERVICES, GET_ENTERPRISES})
 MAX_ITEMS = 1000
 MAX_INTERVAL_MONTHS = 3
 DEFAULT_NOTE_TYPES = frozenset({"General", "ChannelManager"})
@@ -47,7 +48,8 @@ RESULT_CACHE_SIZE = 32
 # dropped sandbox of a million orders would wait for the cyclic GC instead of going at once.
 _HANDLERS = {GET_ORDERS: "_get_orders", ADD_ORDER: "_add_order", GET_NOTES: "_get_notes",
              ADD_NOTES: "_add_notes", UPDATE_NOTES: "_update_notes",
-             DELETE_NOTES: "_delete_notes", GET_SERVICES: "_get_services"}
+             DELETE_NOTES: "_delete_notes", GET_SERVICES: "_get_services",
+             GET_ENTERPRISES: "_get_enterprises"}
 
 Window = tuple[float, float]  # (StartUtc, EndUtc) as epoch seconds
 IntervalLimit = Literal["calendar", "strict", "days90"]
@@ -396,7 +398,7 @@ class Sandbox:
 
     def enterprises(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"Id": e.Id, "Name": e.Name} for e in self._enterprises.values()]
+            return [data.enterprise_to_api(e) for e in self._enterprises.values()]
 
     # --- mutations through Python -------------------------------------------------------
 
@@ -810,6 +812,23 @@ class Sandbox:
         page = self._page(found, cursor_seq, count)
         shape = self.config.service_shape
         return _dumps({"Services": [data.service_to_api(s, shape) for s in page],
+                       "Cursor": page[-1].Id if page else None})
+
+    def _get_enterprises(self, payload: dict[str, Any], scope: Scope) -> bytes:
+        count, cursor = _limitation(payload)
+        enterprises = self._visible_enterprises(payload, scope)
+        external_ids = _string_set(payload, "ExternalIdentifiers")
+        updated = _interval(payload, "UpdatedUtc", self.config.interval_limit)
+        linked = _interval(payload, "LinkedUtc", self.config.interval_limit)
+        cursor_seq = self._cursor_seq(self._enterprises, cursor)
+        inclusive = self._inclusive()
+        found = [e for e in self._enterprises.values()
+                 if e.Id in enterprises
+                 and external_ids is None  # no sandbox enterprise has an ExternalIdentifier
+                 and (updated is None or _within(e.UpdatedUtc, updated, inclusive))
+                 and (linked is None or _within(e.LinkedUtc, linked, inclusive))]
+        page = self._page(found, cursor_seq, count)
+        return _dumps({"Enterprises": [data.enterprise_to_api(e) for e in page],
                        "Cursor": page[-1].Id if page else None})
 
     def _add_order(self, payload: dict[str, Any], scope: Scope) -> bytes:

@@ -37,7 +37,14 @@ COMMANDER_ORIGINS = (*LEGACY_COMMANDER_ORIGINS, "RoomingList")  # added 2026-01
 CHANNELS = ("Booking.com", "Expedia", "Airbnb", "Hotelbeds")
 ADDITIONAL_SERVICES = ("Breakfast", "Parking", "Spa", "Airport transfer", "City tour",
                        "Late checkout", "Minibar")
-ENTERPRISE_NAMES = ("Hotel Aurora Prague", "Harbour View Lisbon", "Alpine Lodge Innsbruck")
+# Name, ShortName, TimeZoneIdentifier, country, DefaultLanguageCode, Pricing. Zones with and
+# without daylight saving time, east and west of UTC.
+ENTERPRISE_PROFILES = (
+    ("Hotel Aurora Prague", "Aurora PRG", "Europe/Prague", "CZ", "cs-CZ", "Gross"),
+    ("Harbour View Honolulu", "Harbour HNL", "Pacific/Honolulu", "US", "en-US", "Net"),
+    ("Alpine Lodge Innsbruck", None, "Europe/Vienna", "AT", "de-AT", "Gross"),
+)
+CHAIN_NAME = "Sandbox Hotels"
 NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
 NOTE_TYPE_WEIGHTS = (80, 15, 5)
 NOTE_TEXTS = {
@@ -52,10 +59,20 @@ NOTE_TEXTS = {
 }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Enterprise:
+    seq: int
     Id: str
     Name: str
+    ShortName: str | None
+    TimeZoneIdentifier: str
+    Country: str
+    DefaultLanguageCode: str
+    Pricing: str
+    ChainId: str
+    CreatedUtc: float
+    UpdatedUtc: float
+    LinkedUtc: float  # added to the portfolio
 
 
 # Attributes carry the API's names so that updates given in API names need no mapping table.
@@ -201,6 +218,19 @@ def note_to_api(note: Note, shape: NoteShape) -> dict[str, Any]:
             "CreatedUtc": fmt_ts(note.CreatedUtc), "UpdatedUtc": fmt_ts(note.UpdatedUtc)}
 
 
+def enterprise_to_api(e: Enterprise) -> dict[str, Any]:
+    """The fields of the current documentation that cost nothing (no address, no images)."""
+    return {
+        "Id": e.Id, "ExternalIdentifier": None, "HoldingKey": None, "ChainId": e.ChainId,
+        "ChainName": CHAIN_NAME, "CreatedUtc": fmt_ts(e.CreatedUtc),
+        "UpdatedUtc": fmt_ts(e.UpdatedUtc), "Name": e.Name, "ShortName": e.ShortName,
+        "TimeZoneIdentifier": e.TimeZoneIdentifier, "LegalEnvironmentCode": e.Country,
+        "AccommodationEnvironmentCode": e.Country, "AccountingEnvironmentCode": e.Country,
+        "TaxEnvironmentCode": e.Country, "DefaultLanguageCode": e.DefaultLanguageCode,
+        "Pricing": e.Pricing, "LinkedUtc": fmt_ts(e.LinkedUtc),
+    }
+
+
 def service_to_api(service: Service, shape: ServiceShape) -> dict[str, Any]:
     api: dict[str, Any] = {
         "Id": service.Id,
@@ -278,8 +308,17 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
     start = anchor - 4 * 365 * DAY
     data = Dataset()
 
-    for name in ENTERPRISE_NAMES:
-        data.enterprises.append(Enterprise(new_id(rng), name))
+    # The enterprises' details come from their own RNG: the main sequence stays as it was.
+    details = random.Random(f"enterprises-{seed}")
+    chain_id = new_id(details)
+    for name, short, zone, country, language, pricing in ENTERPRISE_PROFILES:
+        created = start - 365 * DAY - details.randrange(365 * DAY)
+        data.enterprises.append(Enterprise(
+            seq=len(data.enterprises), Id=new_id(rng), Name=name, ShortName=short,
+            TimeZoneIdentifier=zone, Country=country, DefaultLanguageCode=language,
+            Pricing=pricing, ChainId=chain_id, CreatedUtc=created,
+            UpdatedUtc=created + details.randrange(anchor - created),
+            LinkedUtc=created + details.randrange(30 * DAY)))
     additional: list[Service] = []
     for enterprise in data.enterprises:
         names = ["Accommodation", *rng.sample(ADDITIONAL_SERVICES, 5)]

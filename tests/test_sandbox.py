@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 ORDERS = "productServiceOrders/getAll"
 NOTES = "serviceOrderNotes/getAll"
 SERVICES = "services/getAll"
+ENTERPRISES = "enterprises/getAll"
 KNOWN_STATES = {
     "Inquired",
     "Enquired",
@@ -924,3 +926,62 @@ def test_services_filter_by_service_type(mews_call: Any, kind: str) -> None:
 def test_an_unknown_service_type_is_400(sb: Sandbox, mews_call: Any, value: Any) -> None:
     response = mews_call(sb, SERVICES, Limitation={"Count": 5}, ServiceType=value)
     assert response.status_code == 400 and "ServiceType" in response.json()["Message"]
+
+
+# --- enterprises -----------------------------------------------------------------------------
+
+
+def test_enterprises_get_all_pages_filters_and_scope(mews_call: Any) -> None:
+    sb = Sandbox.generate(orders=10, seed=1, now=NOW)
+    truth = sb.enterprises()
+    pages = all_pages(mews_call, sb, ENTERPRISES, "Enterprises", 1)
+    assert flat(pages) == list(reversed(truth)) and len(truth) == 3
+    for enterprise in truth:
+        assert {
+            "Id",
+            "Name",
+            "ShortName",
+            "ChainId",
+            "ChainName",
+            "TimeZoneIdentifier",
+            "CreatedUtc",
+            "UpdatedUtc",
+            "LinkedUtc",
+            "DefaultLanguageCode",
+            "Pricing",
+        } <= set(enterprise)
+        assert enterprise["ShortName"] is None or len(enterprise["ShortName"]) <= 11
+        assert utc(enterprise["CreatedUtc"]) <= utc(enterprise["UpdatedUtc"]) <= NOW
+    assert len({e["ChainId"] for e in truth}) == 1
+    zones = [ZoneInfo(e["TimeZoneIdentifier"]) for e in truth]
+    january, july = datetime(2025, 1, 15, tzinfo=UTC), datetime(2025, 7, 15, tzinfo=UTC)
+    dst = [january.astimezone(z).utcoffset() != july.astimezone(z).utcoffset() for z in zones]
+    assert any(dst) and not all(dst)
+    assert truth[0]["TimeZoneIdentifier"] == "Europe/Prague"
+
+    first, second = truth[0]["Id"], truth[1]["Id"]
+    demo = mews_call(sb, ENTERPRISES, AccessToken=DEMO_ACCESS_TOKEN, Limitation={"Count": 10})
+    assert demo.json() == {"Enterprises": [truth[0]], "Cursor": first}
+    hidden = mews_call(
+        sb,
+        ENTERPRISES,
+        AccessToken=DEMO_ACCESS_TOKEN,
+        EnterpriseIds=[second],
+        Limitation={"Count": 10},
+    )
+    assert hidden.json() == {"Enterprises": [], "Cursor": None}
+    picked = mews_call(sb, ENTERPRISES, EnterpriseIds=[second], Limitation={"Count": 10}).json()
+    assert picked["Enterprises"] == [truth[1]]
+    stamp = utc(truth[2]["UpdatedUtc"])
+    by_time = mews_call(
+        sb, ENTERPRISES, UpdatedUtc=window(stamp, stamp), Limitation={"Count": 10}
+    ).json()
+    assert truth[2] in by_time["Enterprises"]
+    none = mews_call(
+        sb, ENTERPRISES, ExternalIdentifiers=["Enterprise2023"], Limitation={"Count": 10}
+    )
+    assert none.json()["Enterprises"] == []
+    too_long = window(datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC))
+    refused = mews_call(sb, ENTERPRISES, UpdatedUtc=too_long, Limitation={"Count": 10})
+    assert refused.status_code == 400 and "3 months" in refused.json()["Message"]
+    assert mews_call(sb, ENTERPRISES).status_code == 400  # Limitation is required
