@@ -303,6 +303,16 @@ def test_every_reading_of_three_months_gives_every_order_with_at_most_one_400(re
     assert len(refused) == client.stats.too_long_windows == expected_refusals
 
 
+def test_window_end_tells_a_caller_the_window_the_client_sends_now():
+    client = client_for(reading_server(READINGS["<= 90 days"], []))
+    march = datetime(2023, 3, 1, tzinfo=UTC)
+    assert client.window_end(march) == datetime(2023, 6, 1, tzinfo=UTC)  # 92 days
+
+    order_ids(client, march, client.window_end(march))  # refused once, then 88-day windows
+
+    assert client.window_end(march) == march + timedelta(days=MAX_WINDOW_DAYS_STRICTEST)
+
+
 def test_a_400_on_an_interval_within_every_reading_is_an_error_with_the_api_message():
     fake = FakeMews(refuse=lambda op, body: answer(400, {"Message": "Invalid ServiceIds."}))
     client = client_for(fake)

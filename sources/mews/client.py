@@ -577,7 +577,7 @@ class MewsClient:
             walk = partial(self._orders_in, filters, item_schema)
             start = updated_from
             while start < updated_to:
-                window = (start, min(self._window_end(start), updated_to))
+                window = (start, min(self.window_end(start), updated_to))
                 try:
                     yield from self._ask_for_less(walk, window, halve_interval)
                 except IntervalTooLongError:
@@ -591,7 +591,9 @@ class MewsClient:
                     continue  # this window again, shorter
                 start = window[1]
 
-    def _window_end(self, start: datetime) -> datetime:
+    def window_end(self, start: datetime) -> datetime:
+        """The end of the longest UpdatedUtc window from `start` this client sends, so that a
+        caller's windows need not be split in two after it learned a stricter "3 months"."""
         if self.max_window_days is None:
             return add_months(start, MAX_WINDOW_MONTHS)
         return start + timedelta(days=self.max_window_days)
