@@ -29,6 +29,9 @@ class SandboxTransport(httpx.BaseTransport):
 def _handler_class(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real client expects
+        # Headers and body went out in two writes; with Nagle's algorithm on, the second
+        # waited for the client's delayed ACK of the first: ~40 ms per small answer.
+        disable_nagle_algorithm = True
         timeout = 60  # an idle keep-alive connection does not hold its thread forever
 
         def _answer(self) -> None:
