@@ -45,6 +45,7 @@ def serve(orders: int, latency: float, rate_limited: bool) -> None:
     import random
 
     from mews_sandbox import Faults, Sandbox, SandboxConfig
+    from mews_sandbox import serve as serve_sandbox  # this function is serve too
 
     config = SandboxConfig(
         faults=Faults(latency_s=latency), rate_limit=(200, 30.0) if rate_limited else None
@@ -52,7 +53,7 @@ def serve(orders: int, latency: float, rate_limited: bool) -> None:
     sandbox = Sandbox.generate(orders=orders, seed=SEED, config=config, now=ANCHOR)
     # Changes are stamped an hour after the first sync's end, inside the nightly window.
     sandbox.clock = lambda: datetime(2026, 1, 1, 1, tzinfo=UTC)
-    with sandbox.serve() as url:
+    with serve_sandbox(sandbox) as url:
         print(url, flush=True)
         # readline, not iteration: iterating stdin reads ahead and would wait for more lines.
         while line := sys.stdin.readline():

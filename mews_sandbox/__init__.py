@@ -1,4 +1,7 @@
-"""A local, faithful stand-in for the parts of the Mews Connector API this project uses."""
+"""A local, faithful stand-in for the parts of the Mews Connector API this project uses.
+
+`SandboxTransport(sandbox)` answers in-process (httpx.Client(transport=..., base_url=...));
+`with serve(sandbox) as base_url:` over loopback HTTP. They import the app, never the reverse."""
 
 from mews_sandbox.app import (
     DEMO_ACCESS_TOKEN,
@@ -11,6 +14,7 @@ from mews_sandbox.app import (
     SandboxConfig,
     SandboxResponse,
 )
+from mews_sandbox.server import SandboxTransport, serve, serve_forever
 
 __all__ = [
     "DEMO_ACCESS_TOKEN",
@@ -22,4 +26,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxResponse",
+    "SandboxTransport",
+    "serve",
+    "serve_forever",
 ]

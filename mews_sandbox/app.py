@@ -10,17 +10,13 @@ import uuid
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from mews_sandbox import data
 from mews_sandbox.data import Note, NoteShape, Order, ServiceShape
-
-if TYPE_CHECKING:
-    import httpx
 
 DEMO_CLIENT_TOKEN = "E0D439EE522F44368DC78E1BFB03710C-D24FB11DBE31D4621C4817E028D9E1D"
 # The seeds' sample AccessToken: Mews' public demo property, one enterprise (the first).
@@ -918,26 +914,6 @@ class Sandbox:
         for note in notes:
             self._delete_note(note, ts)
         return b"{}"
-
-    # --- transports -----------------------------------------------------------------------
-    # (imported here: the server module imports this one)
-
-    def transport(self) -> "httpx.BaseTransport":
-        """In-process transport: httpx.Client(transport=sb.transport(), base_url="http://x")."""
-        from mews_sandbox.server import SandboxTransport
-
-        return SandboxTransport(self)
-
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
-        """A real HTTP server in a background thread: `with sb.serve() as base_url: ...`."""
-        from mews_sandbox.server import serve
-
-        return serve(self, host, port)
-
-    def serve_forever(self, host: str = "127.0.0.1", port: int = 8080) -> None:
-        from mews_sandbox.server import serve_forever
-
-        serve_forever(self, host, port)
 
 
 def _default_anchor() -> datetime:

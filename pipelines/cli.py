@@ -204,7 +204,7 @@ def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> R
 def demo_command(args: argparse.Namespace) -> int:
     import duckdb
 
-    from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
+    from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
     from pipelines.mews_pipeline import RUNS_SUFFIX, beside, exclusive, table_counts
 
     if args.orders < 1:
@@ -221,7 +221,7 @@ def demo_command(args: argparse.Namespace) -> int:
             beside(str(database), RUNS_SUFFIX).unlink(missing_ok=True)
     print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
     sandbox = Sandbox.generate(orders=args.orders, seed=1)
-    with sandbox.serve() as url, tempfile.TemporaryDirectory() as workdir:
+    with serve(sandbox) as url, tempfile.TemporaryDirectory() as workdir:
         recorded_sync(
             "demo",
             database=str(database),

@@ -7,7 +7,7 @@ import httpx
 import postgres_server as pg
 import pytest
 
-from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
+from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 
 SandboxCall = Callable[..., httpx.Response]
 
@@ -29,7 +29,7 @@ def mews_call() -> Iterator[SandboxCall]:
         client = clients.get(sandbox)
         if client is None:
             client = clients[sandbox] = httpx.Client(
-                transport=sandbox.transport(), base_url="http://sandbox"
+                transport=SandboxTransport(sandbox), base_url="http://sandbox"
             )
         body = {
             "ClientToken": DEMO_CLIENT_TOKEN,

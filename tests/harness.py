@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 from pipelines.mews_pipeline import RunReport, sync
 from sources.mews.settings import DEFAULT_NOTE_TYPES
 
@@ -47,7 +47,7 @@ class Target:
             "platform_url": "http://sandbox.local",
             "client_token": self.sandbox.client_token,
             "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN,
-            "transport": self.sandbox.transport(),
+            "transport": SandboxTransport(self.sandbox),
             "start_date": START_DATE,
             "rate_limit_requests": 0,
             **self.source_args,

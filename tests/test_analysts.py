@@ -26,7 +26,7 @@ from harness import (
     utc,
 )
 
-from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main, recorded_sync
 from pipelines.mews_pipeline import SQL_DIR, RunReport, exclusive, read_runs
 from pipelines.progress import Progress
@@ -236,7 +236,7 @@ def recorded(target: Target, **overrides: Any) -> RunReport:
         "platform_url": "http://sandbox.local",
         "client_token": target.sandbox.client_token,
         "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN,
-        "transport": target.sandbox.transport(),
+        "transport": SandboxTransport(target.sandbox),
         "start_date": START_DATE,
         "rate_limit_requests": 0,
         **overrides,

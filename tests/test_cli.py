@@ -15,7 +15,7 @@ import httpx
 from harness import one_sentence
 from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, REPO, cli, cli_env
 
-from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox
+from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
 
 
 def test_demo_needs_no_configuration_and_shows_what_a_newcomer_needs(tmp_path):
@@ -46,7 +46,7 @@ def test_the_cli_works_from_any_directory_with_dlt_project_dir(tmp_path):
     (project / ".dlt").mkdir(parents=True)
     elsewhere.mkdir()
     database = tmp_path / "hotel.duckdb"
-    with sandbox.serve() as url:
+    with serve(sandbox) as url:
         (project / ".dlt" / "config.toml").write_text(
             f'[sources.mews]\nplatform_url = "{url}"\nstart_date = "2015-01-01"\n'
             f'rate_limit_requests = 0\n\n[destination.duckdb]\ncredentials = "{database}"\n'
@@ -72,7 +72,7 @@ def test_backfill_from_the_command_line(tmp_path):
     sandbox.add_token(ACCESS_TOKEN)
     updated = sorted(o["UpdatedUtc"] for o in sandbox.orders())
     start, end = updated[100][:10], updated[200][:10]
-    with sandbox.serve() as url:
+    with serve(sandbox) as url:
         result = cli(
             cli_env(tmp_path, url), "backfill", "--start", start, "--end", end, cwd=tmp_path
         )
@@ -117,7 +117,7 @@ def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path):
     sandbox = Sandbox.generate(orders=50, seed=4)
     sandbox.client_token = CLIENT_TOKEN
     sandbox.add_token(ACCESS_TOKEN)
-    with sandbox.serve() as url:
+    with serve(sandbox) as url:
         env = cli_env(tmp_path, url)
         assert cli(env, "run", cwd=tmp_path).returncode == 0
     synced = tmp_path / "mews_sync.duckdb"

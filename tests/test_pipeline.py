@@ -16,7 +16,7 @@ from harness import (
     truth_orders,
 )
 
-from mews_sandbox import Sandbox
+from mews_sandbox import Sandbox, SandboxTransport
 from pipelines import mews_pipeline
 from sources.mews import client
 
@@ -290,7 +290,7 @@ class ChangingDuringTheSync(httpx.BaseTransport):
 
     def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
-        self.inner = sandbox.transport()
+        self.inner = SandboxTransport(sandbox)
         self.changed: str | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from harness import START_DATE, Target, assert_equals_truth, lagging_sandbox, one_sentence
 
-from mews_sandbox import Faults, Sandbox
+from mews_sandbox import Faults, Sandbox, SandboxTransport, serve
 from pipelines.cli import (
     EXIT_BUSY,
     EXIT_CONFIG,
@@ -43,7 +43,7 @@ def sandbox() -> Sandbox:
 
 @pytest.fixture
 def served(sandbox: Sandbox) -> Iterator[str]:
-    with sandbox.serve() as url:
+    with serve(sandbox) as url:
         yield url
 
 
@@ -201,7 +201,7 @@ def test_bad_answers_stop_cleanly_and_lose_nothing(
     before = loaded_fingerprint(target)
     sandbox.update_order(sandbox.orders()[0]["Id"], State="Canceled")
     sandbox.config.faults = Faults()
-    broken = RewritingTransport(sandbox.transport(), "productServiceOrders/getAll", rewrite)
+    broken = RewritingTransport(SandboxTransport(sandbox), "productServiceOrders/getAll", rewrite)
     with pytest.raises(Exception) as failure:
         # Pages of one order: the one changed order fills a page, so its cursor is followed.
         target.sync(transport=broken, backoff_seconds=0.001, max_retries=1, page_size=1)
@@ -221,7 +221,7 @@ def synced_once(tmp_path_factory) -> Iterator[tuple[Sandbox, str, Path]]:
     sandbox.client_token = CLIENT_TOKEN
     sandbox.add_token(ACCESS_TOKEN)
     template = tmp_path_factory.mktemp("synced")
-    with sandbox.serve() as url:
+    with serve(sandbox) as url:
         assert cli(cli_env(template, url), "run", cwd=template).returncode == 0
         yield sandbox, url, template
 

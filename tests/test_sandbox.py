@@ -15,6 +15,7 @@ from mews_sandbox import (
     DEMO_PORTFOLIO_ACCESS_TOKEN,
     Sandbox,
     SandboxConfig,
+    SandboxTransport,
 )
 
 NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
@@ -227,7 +228,7 @@ def test_wrong_paths_are_404_with_a_json_message(sb: Sandbox, mews_call: Any, pa
 
 
 def test_operations_take_post_only(sb: Sandbox) -> None:
-    with httpx.Client(transport=sb.transport(), base_url="http://sandbox") as client:
+    with httpx.Client(transport=SandboxTransport(sb), base_url="http://sandbox") as client:
         response = client.get("/api/connector/v1/services/getAll")
         assert response.status_code == 405 and response.headers["Allow"] == "POST"
         assert response.headers["Request-Id"]

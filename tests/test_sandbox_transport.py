@@ -21,6 +21,8 @@ from mews_sandbox import (
     Faults,
     Sandbox,
     SandboxConfig,
+    SandboxTransport,
+    serve,
 )
 
 SERVICES = "services/getAll"
@@ -177,7 +179,7 @@ def test_a_stall_longer_than_the_client_timeout_is_a_read_timeout_over_loopback(
         "Client": "t",
         "Limitation": {"Count": 11},
     }
-    with sb.serve() as url, httpx.Client(base_url=url, timeout=0.2) as client:
+    with serve(sb) as url, httpx.Client(base_url=url, timeout=0.2) as client:
         started = time.perf_counter()
         with pytest.raises(httpx.ReadTimeout):
             client.post("/api/connector/v1/services/getAll", json=body)
@@ -292,7 +294,7 @@ def test_concurrent_reads_and_writes_stay_consistent() -> None:
     window = {"StartUtc": "2025-01-01T00:00:00Z", "EndUtc": "2025-04-01T00:00:00Z"}
 
     def work(worker: int) -> None:
-        with httpx.Client(transport=sb.transport(), base_url="http://sandbox") as client:
+        with httpx.Client(transport=SandboxTransport(sb), base_url="http://sandbox") as client:
             for i in range(20):
                 if i % 2:
                     response = client.post(
@@ -340,7 +342,7 @@ def test_round_trip_over_loopback_http() -> None:
     target = next(
         s for s in sb.services() if s["Data"]["Discriminator"] == "Additional" and s["IsActive"]
     )
-    with sb.serve() as url, httpx.Client(base_url=url) as client:
+    with serve(sb) as url, httpx.Client(base_url=url) as client:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
 
         def post(operation: str, **fields: Any) -> httpx.Response:
@@ -426,7 +428,7 @@ def test_small_answers_over_loopback_wait_for_no_delayed_ack() -> None:
         "Client": "t",
         "Limitation": {"Count": 2},
     }
-    with sb.serve() as url, httpx.Client(base_url=url) as client:
+    with serve(sb) as url, httpx.Client(base_url=url) as client:
         client.post("/api/connector/v1/services/getAll", json=body)
         started = time.perf_counter()
         for _ in range(40):
@@ -444,7 +446,7 @@ def test_loopback_drops_and_malformed_bodies() -> None:
         "Client": "t",
         "Limitation": LIMIT,
     }
-    with sb.serve() as url, httpx.Client(base_url=url) as client:
+    with serve(sb) as url, httpx.Client(base_url=url) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             client.post("/api/connector/v1/services/getAll", json=body)
         assert sb.log.count(status=0) == 1
