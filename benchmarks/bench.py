@@ -90,10 +90,11 @@ def scenario(name: str, url: str, database: str, workdir: str, rate_limited: boo
         rows = bare_fetch(url, DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN)
     elif name in ("pipeline", "nightly"):
         from pipelines.mews_pipeline import sync
+        from pipelines.storage import DuckDbStorage
 
         report = sync(
             "run",
-            database=database,
+            storage=DuckDbStorage.at(database),
             pipelines_dir=workdir,
             platform_url=url,
             start_date=START,

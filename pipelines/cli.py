@@ -15,25 +15,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from dlt.common.configuration.exceptions import (
-    ConfigFieldMissingException,
-    ConfigValueCannotBeCoercedException,
+from pipelines.failures import (
+    EXIT_BUG,
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    INTERRUPTED,
+    explain,
 )
+from pipelines.runs import RunReport
+from sources.mews.client import MewsConfigError
 
-from pipelines.mews_pipeline import RunReport, SyncBusyError
-from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsResponseError
+if TYPE_CHECKING:
+    from pipelines.storage import Storage
 
-EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-INTERRUPTED = "interrupted; the next run starts from the last completed load."
+__all__ = [
+    "EXIT_BUG",
+    "EXIT_BUSY",
+    "EXIT_CONFIG",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_UNAVAILABLE",
+    "main",
+    "recorded_sync",
+]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEMO_ORDERS = 2000
@@ -95,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A nightly job on a closed network: dlt's anonymous telemetry stays off unless asked for.
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # dlt holds back a first Ctrl-C or SIGTERM during its normalize and load steps and may then
+    # drop it, so a stop request could let a long first sync go on. A stop ends the run at once
+    # instead: what is loaded stays, and the next run finishes a load left behind.
+    os.environ.setdefault("RUNTIME__INTERCEPT_SIGNALS", "false")
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         setup_logging(args.log_level)
@@ -128,46 +152,6 @@ def setup_logging(level: str | None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def explain(exc: BaseException) -> tuple[int, str]:
-    """The exit code and one safe sentence for an exception, however deeply dlt wrapped it."""
-    for cause in causes(exc):
-        if isinstance(cause, KeyboardInterrupt):  # dlt wraps one that stops a step
-            return EXIT_INTERRUPTED, INTERRUPTED
-        if isinstance(cause, MewsConfigError):
-            return EXIT_CONFIG, str(cause)
-        if isinstance(cause, MewsError):
-            if isinstance(cause, SyncBusyError):
-                return EXIT_BUSY, str(cause)
-            if isinstance(cause, MewsResponseError) or (
-                isinstance(cause, MewsApiError) and not cause.transient
-            ):
-                return EXIT_REFUSED, str(cause)
-            return EXIT_UNAVAILABLE, str(cause)
-        if isinstance(cause, ConfigFieldMissingException):
-            names = ", ".join(f"SOURCES__MEWS__{f.upper()}" for f in cause.fields)
-            return EXIT_CONFIG, (
-                f"missing configuration: set {names} (environment) or put them under "
-                "[sources.mews] in .dlt/secrets.toml / .dlt/config.toml."
-            )
-        if isinstance(cause, ConfigValueCannotBeCoercedException):
-            return EXIT_CONFIG, (
-                f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
-                f"expected {getattr(cause.hint, '__name__', cause.hint)}, e.g. a JSON list "
-                "of ids."
-            )
-    return EXIT_BUG, str(exc)
-
-
-def causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it was raised from, outermost first."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
 def run_command(args: argparse.Namespace) -> int:
     recorded_sync("run")
     return EXIT_OK
@@ -178,26 +162,21 @@ def backfill_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def recorded_sync(kind: str, database: str | None = None, **sync_args: Any) -> RunReport:
-    """Sync, then print the summary and record the run beside the DuckDB file, failed or not."""
-    from pipelines.mews_pipeline import duckdb_file, record_run, sync
+def recorded_sync(kind: str, storage: Storage | None = None, **sync_args: Any) -> RunReport:
+    """Sync (which records the run), then print the summary, failed runs' too."""
+    from pipelines.mews_pipeline import sync
+    from pipelines.storage import configured_storage
 
-    report = RunReport(kind=kind, duckdb_file=database or duckdb_file())
+    storage = storage or configured_storage()
+    report = RunReport(kind=kind, where=storage.where)
     try:
-        sync(kind, database=report.duckdb_file, report=report, **sync_args)
-    except (Exception, KeyboardInterrupt) as exc:
-        code, sentence = (
-            explain(exc) if isinstance(exc, Exception) else (EXIT_INTERRUPTED, INTERRUPTED)
-        )
-        # A bug's message could hold anything; the traceback has the details.
-        bug = f"unexpected {type(causes(exc)[-1]).__name__} (a bug; see the traceback)"
-        report.error = sentence if code != EXIT_BUG else bug
-        # Flushed now, so that in a shared log the summary comes before the error sentence.
-        print(report.summary(), flush=True)
-        record_run(report, code)
+        sync(kind, storage=storage, report=report, **sync_args)
+    except BaseException:
+        if report.error is not None:  # it got as far as the destination: say what it did
+            # Flushed now, so that in a shared log the summary comes before the error sentence.
+            print(report.summary(), flush=True)
         raise
     print(report.summary())
-    record_run(report, EXIT_OK)
     return report
 
 
@@ -205,26 +184,30 @@ def demo_command(args: argparse.Namespace) -> int:
     import duckdb
 
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
-    from pipelines.mews_pipeline import RUNS_SUFFIX, beside, exclusive, table_counts
+    from pipelines.lock import file_lock
+    from pipelines.storage import DuckDbStorage
 
     if args.orders < 1:
         raise MewsConfigError("--orders must be at least 1.")
-    database = Path(args.path).resolve()
+    storage = DuckDbStorage.at(args.path)
+    database = storage.path
     if database.exists():
         # Checked before the lock, so a refused path gets no lock file beside it; and again
         # under it, so the file cannot change hands between the check and the delete.
         refuse_unless_demo_file(database)
-        with exclusive(str(database)):  # never while a run or a query has the file
+        busy = f"Another mews-sync process is using {database}; wait for it to finish."
+        with file_lock(storage.lock_path, busy):  # never while a run or a query has the file
             refuse_unless_demo_file(database)
             database.unlink()  # the demo's own file: the demo starts it afresh
             Path(f"{database}.wal").unlink(missing_ok=True)
-            beside(str(database), RUNS_SUFFIX).unlink(missing_ok=True)
+            storage.runs_path.unlink(missing_ok=True)
+            storage.analytics_path.unlink(missing_ok=True)
     print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
     sandbox = Sandbox.generate(orders=args.orders, seed=1)
     with serve(sandbox) as url, tempfile.TemporaryDirectory() as workdir:
-        recorded_sync(
+        report = recorded_sync(
             "demo",
-            database=str(database),
+            storage=storage,
             pipeline_name=DEMO_PIPELINE,
             pipelines_dir=workdir,
             platform_url=url,
@@ -234,7 +217,7 @@ def demo_command(args: argparse.Namespace) -> int:
             rate_limit_requests=0,
         )
     print("\nRows per table:")
-    for table, rows in table_counts(str(database)).items():
+    for table, rows in report.table_rows.items():
         print(f"  mews.{table:<24} {rows:>8}")
     print(f"\nDuckDB file: {database}")
     print(f"\nSample query:\n{DEMO_QUERY}\n")
@@ -272,20 +255,18 @@ def sandbox_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from pipelines.mews_pipeline import duckdb_file
     from pipelines.status import status_screen
+    from pipelines.storage import configured_storage
 
-    print(status_screen(args.path or duckdb_file()))
+    print(status_screen(configured_storage(args.path)))
     return EXIT_OK
 
 
 def query_command(args: argparse.Namespace) -> int:
     import csv
 
-    import duckdb
-
-    from pipelines.mews_pipeline import duckdb_file
     from pipelines.status import first_line, format_table, reading
+    from pipelines.storage import configured_storage
 
     if (args.sql is None) == (args.file is None):
         raise MewsConfigError("Give the SQL either as an argument or with --file, not both.")
@@ -295,12 +276,14 @@ def query_command(args: argparse.Namespace) -> int:
         sql = args.sql if args.file is None else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         raise MewsConfigError(f"Cannot read {args.file}: {exc.strerror}.") from None
-    with reading(args.path or duckdb_file()) as con:
+    with reading(configured_storage(args.path)) as reader:
         try:
-            result = con.execute(sql)
+            result = reader.cursor(sql)
             columns = [d[0] for d in result.description or []]
             rows = result.fetchall() if args.csv else result.fetchmany(args.max_rows + 1)
-        except duckdb.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - DuckDB's or PostgreSQL's refusal of the SQL
+            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb", "psycopg2"):
+                raise
             raise MewsConfigError(f"The query failed: {first_line(exc)}") from None
     if not columns:
         print("(the statement returned no rows)")

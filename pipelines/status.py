@@ -1,8 +1,7 @@
-"""Reading the DuckDB file for people: `mews-sync status` and `mews-sync query`."""
+"""Reading the destination for people: `mews-sync status` and `mews-sync query`."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import textwrap
 from collections import Counter
@@ -11,19 +10,14 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import duckdb
-from dlt.common.versioned_state import decompress_state
 
-from pipelines.mews_pipeline import (
-    DATASET_NAME,
-    RUNS_SUFFIX,
-    SyncBusyError,
-    beside,
-    count_rows,
-    read_runs,
-)
+from pipelines.lock import SyncBusyError, file_lock
+from pipelines.runs import read_runs
+from pipelines.storage import DATASET_NAME, PostgresStorage, Storage
+from pipelines.views import TABLES
 from sources.mews.client import MewsConfigError
 
 log = logging.getLogger("mews_sync.status")
@@ -33,61 +27,82 @@ CHART_MONTHS = 12
 CHART_WIDTH = 40
 
 
-@contextmanager
-def reading(database: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection to the DuckDB file, in UTC, with `mews` on the search path.
+class Reader:
+    """Read-only SQL on the destination, tables resolving in the dataset, times in UTC:
+    `rows(sql, *params)` with %s placeholders, and `cursor(sql)` for a query's columns."""
 
-    While it is open the run lock is held shared: DuckDB lets one process write a file or
-    several read it, so a sync starting now would crash at its load; this way it stops at
-    once with "busy" instead, and a reader arriving during a sync is told to wait.
-    """
-    if not Path(database).is_file():
+    def __init__(self, execute: Any, where: str):
+        self._execute = execute
+        self.where = where  # what is read, for people
+
+    def cursor(self, sql: str, *params: Any) -> Any:
+        return self._execute(sql, params)
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._execute(sql, params).fetchall()]
+
+
+@contextmanager
+def reading(storage: Storage) -> Iterator[Reader]:
+    """A read-only view of the destination: for DuckDB the analysts' copy when a run has
+    published one (nobody writes it, so nothing waits), else the working file, then holding
+    the run lock shared so that a run starting meanwhile stops at once with "busy"."""
+    if isinstance(storage, PostgresStorage):
+        with reading_postgres(storage) as reader:
+            yield reader
+        return
+    if storage.analytics_path.is_file():
+        with reading_duckdb(storage.analytics_path) as reader:
+            yield reader
+        return
+    if not storage.path.is_file():
         raise MewsConfigError(
-            f"There is no DuckDB file at {database}: run `mews-sync run` first, or point "
+            f"There is no DuckDB file at {storage.path}: run `mews-sync run` first, or point "
             "DESTINATION__DUCKDB__CREDENTIALS (or --path) at it."
         )
-    with _shared_lock(database):
-        try:
-            con = duckdb.connect(database, read_only=True)
-        except duckdb.IOException as exc:
-            raise SyncBusyError(f"Cannot open {database}: {first_line(exc)}") from None
-        try:
-            con.execute(f"set TimeZone = 'UTC'; set search_path = '{DATASET_NAME}'")
-            yield con
-        finally:
-            con.close()
+    busy = f"A mews-sync run is writing {storage.path} now; try again when it has finished."
+    with file_lock(storage.lock_path, busy, shared=True), reading_duckdb(storage.path) as reader:
+        yield reader
 
 
 @contextmanager
-def _shared_lock(database: str) -> Iterator[None]:
-    lock_path = beside(database, ".lock")
-    handle = _open_lock(lock_path)
-    if handle is None:
-        log.debug("no lock file at %s to coordinate with runs", lock_path)
-        yield
-        return
-    with handle:
+def reading_duckdb(path: Path) -> Iterator[Reader]:
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        text = first_line(exc)
+        if "lock" in text.lower():
+            raise SyncBusyError(f"Cannot open {path} now: {text}") from None
+        raise MewsConfigError(
+            f"{path} is not a usable DuckDB file ({text}); it was left untouched."
+        ) from None
+    try:
+        con.execute(f"set TimeZone = 'UTC'; set search_path = '{DATASET_NAME}'")
+        yield Reader(lambda sql, params: con.execute(sql.replace("%s", "?"), params), str(path))
+    finally:
+        con.close()
+
+
+@contextmanager
+def reading_postgres(storage: PostgresStorage) -> Iterator[Reader]:
+    from pipelines.mews_pipeline import build_pipeline
+
+    pipeline = build_pipeline(storage)
+    with pipeline.sql_client() as client:
+        native = client.native_connection
+        native.autocommit = False
+        native.set_session(readonly=True)
+        cursor = native.cursor()
+        cursor.execute("set time zone 'UTC'")
+
+        def execute(sql: str, params: tuple[Any, ...]) -> Any:
+            cursor.execute(sql, params or None)
+            return cursor
+
         try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SyncBusyError(
-                f"A mews-sync run is writing {database} now; try again when it has finished."
-            ) from None
-        try:
-            yield
+            yield Reader(execute, storage.where)
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _open_lock(lock_path: Path) -> IO[str] | None:
-    # A reader may not be allowed to create files beside the sync's DuckDB file: then it
-    # opens the lock file read-only, which is enough for flock.
-    for mode in ("a+", "r"):
-        try:
-            return open(lock_path, mode)
-        except OSError:
-            continue
-    return None
+            native.rollback()
 
 
 def first_line(exc: BaseException) -> str:
@@ -140,32 +155,38 @@ def cell(value: Any) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
-def status_screen(database: str, now: datetime | None = None) -> str:
+def status_screen(storage: Storage, now: datetime | None = None) -> str:
     """What an operator asks first: how far the data goes, how the last runs went, how much
     there is, and whether orders keep coming."""
     now = now or datetime.now(UTC)
-    out = [f"mews-sync status of {Path(database).resolve()} at {when(now)}", ""]
-    runs = read_runs(database)
+    out = [f"mews-sync status of {storage.where} at {when(now)}", ""]
+    runs = read_runs(storage.runs_path)
     try:
-        with reading(database) as con:
-            out += watermark_lines(con, now) + [""]
-            out += run_lines(database, runs, now) + [""]
-            out += table_lines(con) + [""]
-            out += chart_lines(con, now)
+        with reading(storage) as reader:
+            if reader.where != storage.where:
+                out[-1:] = [f"  read from the analysts' copy {reader.where}", ""]
+            out += watermark_lines(reader, now) + [""]
+            out += run_lines(storage, runs, now) + [""]
+            out += table_lines(reader) + [""]
+            out += chart_lines(reader, now) + [""]
+            out += dlt_lines(storage)
     except SyncBusyError:
         out += ["A run is writing the DuckDB file now: its tables are not shown until it ends.", ""]
-        out += run_lines(database, runs, now)
+        out += run_lines(storage, runs, now)
     return "\n".join(out)
 
 
-def watermark_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
+def dlt_lines(storage: Storage) -> list[str]:
+    return [
+        "dlt's own view of the pipeline (its state, last trace and schema):",
+        f"  dlt pipeline --pipelines-dir {storage.working_dir()} mews_sync info",
+    ]
+
+
+def watermark_lines(reader: Reader, now: datetime) -> list[str]:
     """Services that share a watermark, one line per watermark, with their names."""
-    marks = watermarks(con)
-    names = (
-        dict(con.execute("select id, name from services").fetchall())
-        if has(con, "services")
-        else {}
-    )
+    marks = watermarks(reader)
+    names = dict(reader.rows("select id, name from services")) if has(reader, "services") else {}
     unsynced = sorted(set(names) - set(marks))
     sets: dict[str, list[str]] = {}
     for service_id, mark in marks.items():
@@ -184,16 +205,16 @@ def watermark_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
     return out
 
 
-def watermarks(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Service id -> ISO watermark, from the newest pipeline state dlt stored in the file."""
-    if not has(con, "_dlt_pipeline_state"):
+def watermarks(reader: Reader) -> dict[str, str]:
+    """Service id -> ISO watermark, from the newest pipeline state dlt stored."""
+    from dlt.common.versioned_state import decompress_state
+
+    if not has(reader, "_dlt_pipeline_state"):
         return {}
-    row = con.execute(
-        "select state from _dlt_pipeline_state order by created_at desc limit 1"
-    ).fetchone()
-    if row is None:
+    rows = reader.rows("select state from _dlt_pipeline_state order by created_at desc limit 1")
+    if not rows:
         return {}
-    state = decompress_state(row[0])
+    state = decompress_state(rows[0][0])
     resources = state.get("sources", {}).get(DATASET_NAME, {}).get("resources", {})
     return dict(resources.get("product_service_orders", {}).get("watermarks", {}))
 
@@ -208,10 +229,10 @@ def service_lines(head: str, names: list[str]) -> list[str]:
     )
 
 
-def run_lines(database: str, runs: list[dict[str, Any]], now: datetime) -> list[str]:
+def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> list[str]:
     ok = next((r for r in reversed(runs) if r["status"] == "ok"), None)
     failed = next((r for r in reversed(runs) if r["status"] != "ok"), None)
-    out = [f"Runs recorded in {beside(database, RUNS_SUFFIX).name}: {len(runs)}"]
+    out = [f"Runs recorded in {storage.runs_path}: {len(runs)}"]
     if ok:
         out += [
             f"  last success: {run_head(ok, now)}, {ok['seconds']} s",
@@ -244,29 +265,28 @@ def run_head(run: dict[str, Any], now: datetime) -> str:
     return f"{run['kind']} started {when(started)} ({ago(now - started)})"
 
 
-def table_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
+def table_lines(reader: Reader) -> list[str]:
     out = ["Rows per table:"]
-    counts = count_rows(con)
+    counts = {t: reader.rows(f"select count(*) from {t}")[0][0] for t in TABLES if has(reader, t)}
     out += [f"  {DATASET_NAME}.{t:<24} {n:>10,}" for t, n in counts.items()] or ["  no tables yet"]
-    if has(con, "_dlt_loads"):
-        (last,) = con.execute("select max(inserted_at) from _dlt_loads where status = 0").fetchone()
+    if has(reader, "_dlt_loads"):
+        ((last,),) = reader.rows("select max(inserted_at) from _dlt_loads where status = 0")
         if last:
-            out.append(f"Last load into the file: {when(last)}")
+            out.append(f"Last load: {when(last)}")
     return out
 
 
-def chart_lines(con: duckdb.DuckDBPyConnection, now: datetime) -> list[str]:
+def chart_lines(reader: Reader, now: datetime) -> list[str]:
     """Orders per month of their latest update, for the last CHART_MONTHS months."""
     months = [month_start(now, back) for back in range(CHART_MONTHS - 1, -1, -1)]
     counts: dict[date, int] = {}
-    if has(con, "product_service_orders"):
-        counts = dict(
-            con.execute(
-                "select cast(date_trunc('month', updated_utc at time zone 'UTC') as date), "
-                "count(*) from product_service_orders where updated_utc >= ? group by 1",
-                [datetime.combine(months[0], datetime.min.time(), UTC)],
-            ).fetchall()
+    if has(reader, "product_service_orders"):
+        rows = reader.rows(
+            "select cast(date_trunc('month', updated_utc at time zone 'UTC') as date), "
+            "count(*) from product_service_orders where updated_utc >= %s group by 1",
+            datetime.combine(months[0], datetime.min.time(), UTC),
         )
+        counts = {month: n for month, n in rows}
     top = max(counts.values(), default=0)
     out = [f"Orders updated per month (each at its latest update, UTC, last {CHART_MONTHS}):"]
     for month in months:
@@ -283,13 +303,14 @@ def month_start(now: datetime, back: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def has(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+def has(reader: Reader, table: str) -> bool:
     return bool(
-        con.execute(
+        reader.rows(
             "select count(*) from information_schema.tables "
-            "where table_schema = ? and table_name = ?",
-            [DATASET_NAME, table],
-        ).fetchone()[0]
+            "where table_schema = %s and table_name = %s",
+            DATASET_NAME,
+            table,
+        )[0][0]
     )
 
 

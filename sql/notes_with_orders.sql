@@ -1,6 +1,6 @@
 -- What did staff write on orders, and about which order, service and enterprise?
 -- One row per note, with its order's number and current state and its service's name.
-create or replace view mews.notes_with_orders as
+create or replace view notes_with_orders as
 select
     n.id as note_id,
     n.type as note_type,
@@ -13,6 +13,6 @@ select
     o.service_id,
     s.name as service_name,
     s.enterprise_id
-from mews.service_order_notes as n
-join mews.product_service_orders as o on o.id = n.service_order_id
-left join mews.services as s on s.id = o.service_id;
+from service_order_notes as n
+join product_service_orders as o on o.id = n.service_order_id
+left join services as s on s.id = o.service_id;

@@ -4,16 +4,16 @@
 -- change only, and state is the order's state now, not on that day.
 -- Days are cut in UTC whatever the session's time zone (AT TIME ZONE 'UTC' gives the UTC
 -- wall-clock time); count(case ...) rather than FILTER or sum() keeps it portable and BIGINT.
-create or replace view mews.order_activity_daily as
+create or replace view order_activity_daily as
 with events as (
     select cast(created_utc at time zone 'UTC' as date) as day, state, 'created' as event
-    from mews.product_service_orders
+    from product_service_orders
     union all
     select cast(updated_utc at time zone 'UTC' as date), state, 'updated'
-    from mews.product_service_orders
+    from product_service_orders
     union all
     select cast(cancelled_utc at time zone 'UTC' as date), state, 'cancelled'
-    from mews.product_service_orders
+    from product_service_orders
     where cancelled_utc is not null
 )
 select

@@ -1,8 +1,8 @@
 -- Which orders exist now, for which service (and enterprise), and how many notes each has?
 -- One row per product service order in its latest synced version, canceled ones included
 -- (filter on state). service_name and enterprise_id are null for an order whose service is
--- not in mews.services; enterprise names are not synced, only their ids.
-create or replace view mews.orders_current as
+-- not in services; enterprise names are not synced, only their ids.
+create or replace view orders_current as
 select
     o.id,
     o.number,
@@ -18,10 +18,10 @@ select
     o.updated_utc,
     o.cancelled_utc,
     coalesce(n.note_count, 0) as note_count
-from mews.product_service_orders as o
-left join mews.services as s on s.id = o.service_id
+from product_service_orders as o
+left join services as s on s.id = o.service_id
 left join (
     select service_order_id, count(*) as note_count
-    from mews.service_order_notes
+    from service_order_notes
     group by service_order_id
 ) as n on n.service_order_id = o.id;

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from dlt.common.versioned_state import decompress_state
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 from pipelines.mews_pipeline import RunReport, sync
+from pipelines.storage import DuckDbStorage, PostgresStorage, Storage
 from sources.mews.settings import DEFAULT_NOTE_TYPES
 
 START_DATE = "2015-01-01"
@@ -33,14 +35,24 @@ def one_sentence(stderr: str) -> str:
 
 
 class Target:
-    """One DuckDB file and one dlt working directory, synced from one sandbox."""
+    """One destination (a DuckDB file, or the PostgreSQL database of `postgres`, a URL that
+    DESTINATION__POSTGRES__CREDENTIALS also holds) and one dlt working directory, synced from
+    one sandbox."""
 
-    def __init__(self, sandbox: Sandbox, tmp: Path, **source_args: Any):
+    def __init__(
+        self, sandbox: Sandbox, tmp: Path, postgres: str | None = None, **source_args: Any
+    ):
         self.sandbox = sandbox
         tmp.mkdir(parents=True, exist_ok=True)
         self.database = str(tmp / "mews_sync.duckdb")
+        self.postgres = postgres
         self.workdir: Path | None = tmp / "dlt"
         self.source_args = source_args
+
+    def storage(self) -> Storage:
+        if self.postgres:
+            return PostgresStorage.configured()
+        return DuckDbStorage.at(self.database)
 
     def sync(self, kind: str = "run", **overrides: Any) -> RunReport:
         args = {
@@ -55,13 +67,19 @@ class Target:
         }
         before = self.sandbox.log.count(status=400)
         workdir = str(self.workdir) if self.workdir else None
-        report = sync(kind, database=self.database, pipelines_dir=workdir, **args)
+        report = sync(kind, storage=self.storage(), pipelines_dir=workdir, **args)
         assert self.sandbox.log.count(status=400) == before, (
             "the pipeline sent a request Mews rejects"
         )
         return report
 
     def rows(self, sql: str) -> list[tuple]:
+        if self.postgres:
+            import psycopg2
+
+            with psycopg2.connect(self.postgres) as con, con.cursor() as cursor:
+                cursor.execute(sql)
+                return [tuple(row) for row in cursor.fetchall()]
         with duckdb.connect(self.database, read_only=True) as con:
             return con.execute(sql).fetchall()
 
@@ -78,18 +96,11 @@ class Target:
         )
 
     def state(self) -> dict[str, Any]:
-        """The incremental state as stored in the DuckDB file."""
-        import base64
-        import json
-        import zlib
-
+        """The incremental state as stored in the destination."""
         (blob,) = self.rows(
             "select state from mews._dlt_pipeline_state order by created_at desc limit 1"
         )[0]
-        try:
-            return json.loads(blob)
-        except ValueError:
-            return json.loads(zlib.decompress(base64.b64decode(blob)))
+        return decompress_state(blob)
 
 
 def utc(text: str) -> datetime:
@@ -113,6 +124,12 @@ def truth_notes(sandbox: Sandbox, order_ids: set[str] | None = None) -> list[tup
         for n in sandbox.notes(types=list(DEFAULT_NOTE_TYPES))
         if (n.get("ServiceOrderId") or n.get("OrderId")) in order_ids
     )
+
+
+def service_name(service: dict[str, Any]) -> str | None:
+    """A service's English (or first) name, in the current shape (`Names`) or the older one."""
+    names = service.get("Names") or {}
+    return service.get("Name") or names.get("en-US") or next(iter(names.values()), None)
 
 
 def product_service_ids(sandbox: Sandbox) -> set[str]:

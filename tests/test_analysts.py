@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ from harness import (
     Target,
     one_sentence,
     product_service_ids,
+    service_name,
     truth_notes,
     truth_orders,
     utc,
@@ -28,9 +31,11 @@ from harness import (
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main, recorded_sync
-from pipelines.mews_pipeline import SQL_DIR, RunReport, exclusive, read_runs
 from pipelines.progress import Progress
+from pipelines.runs import RunReport, read_runs
 from pipelines.status import month_start
+from pipelines.storage import DuckDbStorage
+from pipelines.views import SQL_DIR
 from sources.mews import SourceStats
 from sources.mews.client import ClientStats, MewsError, format_utc
 
@@ -84,7 +89,7 @@ def test_orders_current_has_every_order_with_service_enterprise_and_note_count(s
             o["Number"],
             o["State"],
             o["ServiceId"],
-            services[o["ServiceId"]]["Name"],
+            service_name(services[o["ServiceId"]]),
             services[o["ServiceId"]]["EnterpriseId"],
             notes[o["Id"]],
         )
@@ -111,7 +116,7 @@ def test_notes_with_orders_has_every_note_with_its_order_and_service(synced):
             order_id,
             orders[order_id]["Number"],
             orders[order_id]["State"],
-            services[orders[order_id]["ServiceId"]]["Name"],
+            service_name(services[orders[order_id]["ServiceId"]]),
             services[orders[order_id]["ServiceId"]]["EnterpriseId"],
         )
         for note_id, order_id, text, note_type in truth_notes(sandbox)
@@ -213,18 +218,68 @@ def test_query_without_a_duckdb_file_says_what_to_do(tmp_path, capsys):
     assert not (tmp_path / "none.duckdb").exists()
 
 
-def test_query_waits_its_turn_while_a_run_writes(synced, capsys):
-    with exclusive(synced.database):
-        code = main(["query", "--path", synced.database, "select 1"])
+def test_query_reads_the_analysts_copy_while_a_run_writes(synced, capsys):
+    storage = DuckDbStorage.at(synced.database)
+    assert storage.analytics_path.is_file()
+    with storage.lock():
+        code = main(["query", "--path", synced.database, "select count(*) from orders_current"])
+    assert code == EXIT_OK
+    assert f"{len(synced.orders())}" in capsys.readouterr().out
+
+
+def test_without_an_analysts_copy_query_waits_its_turn_while_a_run_writes(synced, capsys, tmp_path):
+    storage = DuckDbStorage.at(synced.database)
+    aside = storage.analytics_path.rename(tmp_path / "aside.duckdb")
+    try:
+        with storage.lock():
+            code = main(["query", "--path", synced.database, "select 1"])
+    finally:
+        aside.rename(storage.analytics_path)
     assert code == EXIT_BUSY
     assert "try again" in one_sentence(capsys.readouterr().err)
 
 
-def test_a_run_does_not_start_while_a_query_reads(synced):
-    from pipelines.status import reading
+def test_a_reader_of_the_analysts_copy_never_blocks_a_run_and_then_sees_the_new_data(synced):
+    storage = DuckDbStorage.at(synced.database)
+    order_id = synced.orders()[0][0]
+    count = "select count(*) from mews.product_service_orders"
+    with duckdb.connect(str(storage.analytics_path), read_only=True) as reader:
+        (before,) = reader.execute(count).fetchone()
+        moment = datetime.now(UTC) - timedelta(seconds=30)  # before this run's end
+        synced.sandbox.update_order(order_id, State="Canceled", at=moment)
+        synced.sandbox.add_order(synced.orders()[0][1], at=moment)
+        report = synced.sync()  # exits cleanly although the reader holds the copy
+        assert reader.execute(count).fetchone() == (before,)  # its view stays consistent
+    assert report.published == str(storage.analytics_path)
+    with duckdb.connect(str(storage.analytics_path), read_only=True) as fresh:
+        assert fresh.execute(count).fetchone() == (before + 1,)
+        assert fresh.execute(
+            "select state from mews.orders_current where id = ?", [order_id]
+        ).fetchone() == ("Canceled",)
+    assert not list(storage.analytics_path.parent.glob(".*.duckdb.*"))  # no temporary left
 
-    with reading(synced.database), pytest.raises(MewsError, match="Another mews-sync run"):
-        synced.sync()
+
+def test_a_run_does_not_start_while_another_process_holds_the_working_file(synced):
+    before = Path(synced.database).read_bytes()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], "
+            "read_only=True); print('open', flush=True); sys.stdin.read()",
+            synced.database,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(MewsError, match="Another process has .* open"):
+            synced.sync()
+    finally:
+        holder.communicate("")
+    assert Path(synced.database).read_bytes() == before
 
 
 # -- status, run records and the summary -----------------------------------------------------
@@ -241,7 +296,9 @@ def recorded(target: Target, **overrides: Any) -> RunReport:
         "rate_limit_requests": 0,
         **overrides,
     }
-    return recorded_sync("run", database=target.database, pipelines_dir=str(target.workdir), **args)
+    return recorded_sync(
+        "run", storage=DuckDbStorage.at(target.database), pipelines_dir=str(target.workdir), **args
+    )
 
 
 def shown(watermark: str) -> str:
@@ -265,7 +322,7 @@ def operated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Target:
 
 
 def test_every_run_is_recorded_beside_the_duckdb_file_without_tokens(operated):
-    runs = read_runs(operated.database)
+    runs = read_runs(DuckDbStorage.at(operated.database).runs_path)
     assert [(r["status"], r["exit_code"]) for r in runs] == [
         ("ok", EXIT_OK),
         ("ok", EXIT_OK),
@@ -283,11 +340,11 @@ def test_a_bug_is_recorded_by_its_type_only(tmp_path, monkeypatch):
     def explode(database: str) -> None:
         raise RuntimeError("whatever a bug's message holds")
 
-    monkeypatch.setattr("pipelines.mews_pipeline.apply_sql_models", explode)
+    monkeypatch.setattr("pipelines.mews_pipeline.apply_views", explode)
     target = Target(Sandbox.generate(orders=200, seed=9), tmp_path)
     with pytest.raises(RuntimeError):
         recorded(target)
-    (run,) = read_runs(target.database)
+    (run,) = read_runs(DuckDbStorage.at(target.database).runs_path)
     assert (run["exit_code"], run["error"]) == (
         1,
         "unexpected RuntimeError (a bug; see the traceback)",
@@ -309,14 +366,14 @@ def test_status_shows_watermark_sets_runs_rows_and_a_monthly_chart(operated, cap
     lines = screen.splitlines()
     newest_line = next(i for i, line in enumerate(lines) if line.startswith(shown(newest)))
     assert "1 service:" in lines[newest_line]
-    assert services[first]["Name"] in lines[newest_line + 1]
+    assert service_name(services[first]) in lines[newest_line + 1]
     old_line = next(i for i, line in enumerate(lines) if line.startswith(shown(A_WHILE_AGO)))
     assert f"{len(marks) - 1} services:" in lines[old_line]
 
-    assert "Runs recorded in mews_sync.duckdb.runs.jsonl: 3" in screen
+    assert f"Runs recorded in {operated.database}.runs.jsonl: 3" in screen
     assert "last success: run started" in screen
     assert "last failure: run started" in screen and "exit 3" in screen
-    runs = read_runs(operated.database)
+    runs = read_runs(DuckDbStorage.at(operated.database).runs_path)
     assert f"read {runs[1]['orders']} orders" in screen
     assert runs[2]["error"] in " ".join(screen.split())  # wrapped on screen
 
@@ -333,8 +390,21 @@ def test_status_shows_watermark_sets_runs_rows_and_a_monthly_chart(operated, cap
     assert sum(expected[m] for m in chart) > 0
 
 
-def test_status_while_a_run_writes_shows_the_records_only(operated, capsys):
-    with exclusive(operated.database):
+def test_status_while_a_run_writes_shows_the_analysts_copy(operated, capsys):
+    with DuckDbStorage.at(operated.database).lock():
+        assert main(["status", "--path", operated.database]) == EXIT_OK
+    screen = capsys.readouterr().out
+    assert "read from the analysts' copy" in screen, screen
+    rows = f"mews.{'product_service_orders':<24} {len(operated.orders()):>10,}"
+    assert rows in screen, screen
+
+
+def test_without_an_analysts_copy_status_while_a_run_writes_shows_the_records_only(
+    operated, capsys
+):
+    storage = DuckDbStorage.at(operated.database)
+    storage.analytics_path.unlink()
+    with storage.lock():
         assert main(["status", "--path", operated.database]) == EXIT_OK
     screen = capsys.readouterr().out
     assert "A run is writing the DuckDB file now" in screen
@@ -354,7 +424,7 @@ def test_a_bad_log_level_in_the_config_is_one_sentence(monkeypatch, tmp_path, ca
 
 
 def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration():
-    report = RunReport(kind="run", duckdb_file="x.duckdb", seconds=61.25)
+    report = RunReport(kind="run", where="x.duckdb", seconds=61.25)
     report.read = SourceStats(windows=48, order_pages=17, orders=2000, notes=3104)
     report.stats = ClientStats(retries=3, throttled=2, heavy=1, limiter_wait_seconds=4.0)
     report.stats.requests.update({"productServiceOrders/getAll": 50, "services/getAll": 1})

@@ -26,7 +26,8 @@ from pipelines.cli import (
     EXIT_UNAVAILABLE,
     explain,
 )
-from pipelines.mews_pipeline import exclusive, read_runs
+from pipelines.runs import read_runs
+from pipelines.storage import DuckDbStorage
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT_TOKEN = "CT-SECRET-7f3a9c1e"
@@ -265,7 +266,7 @@ def test_bad_input_gets_one_sentence_exit_2_and_changes_nothing(
 
 def test_a_second_run_on_the_same_file_stops_with_a_clear_message(served, tmp_path):
     env = cli_env(tmp_path, served)
-    with exclusive(str(tmp_path / "mews_sync.duckdb")):
+    with DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).lock():
         result = cli(env, "run", cwd=tmp_path)
     assert result.returncode == EXIT_BUSY
     assert "Another mews-sync run is using" in one_sentence(result.stderr)
@@ -346,7 +347,7 @@ def test_a_run_stopped_by_a_signal_says_so_is_recorded_and_the_next_equals_the_t
         "mews-sync: interrupted; the next run starts from the last completed load."
     )
     assert "mews-sync run FAILED" in stdout
-    (run,) = read_runs(str(tmp_path / "mews_sync.duckdb"))
+    (run,) = read_runs(DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).runs_path)
     assert (run["status"], run["exit_code"]) == ("failed", EXIT_INTERRUPTED)
     result = cli(env, "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ from typing import Any
 import dlt
 import pendulum
 import pyarrow as pa
+import pyarrow.compute as pc
 from dlt.sources import DltResource
 
 from .client import (
@@ -33,7 +34,6 @@ from .settings import (
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
-    MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_WINDOW_MONTHS,
     ORDERS_PER_ITEM,
@@ -48,9 +48,22 @@ from .tables import (
     SERVICE_COLUMNS,
     raw_schema,
     to_table,
+    with_keys_required,
 )
 
-__all__ = ["SourceStats", "mews_source", "walk_windows", "parse_utc"]
+__all__ = [
+    "NOTE_MARKER_COLUMN",
+    "SourceStats",
+    "mews_source",
+    "pending_work",
+    "walk_windows",
+    "parse_utc",
+]
+
+# Marks a row of service_order_notes that stands for "this order has no notes now" and is never
+# stored: dlt's merge deletes an order's stored notes by `service_order_id` only when the load
+# carries a row with that id, and an order whose notes were all deleted has none.
+NOTE_MARKER_COLUMN = "_mews_order_without_notes"
 
 
 @dataclass
@@ -60,7 +73,6 @@ class SourceStats(Counters):
 
     windows: int = 0
     windows_total: int = 0  # planned, for a progress bar; a 408 split adds windows beyond it
-    resume_at: datetime | None = None  # set when a load stopped early: run the source again
     order_pages: int = 0
     orders: int = 0
     notes: int = 0
@@ -80,7 +92,7 @@ def mews_source(
     rate_limit_requests: int = RATE_LIMIT_REQUESTS,
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
-    max_orders_per_load: int | None = MAX_ORDERS_PER_LOAD,
+    max_orders_per_load: int | None = None,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
     backfill_start: str | None = None,
@@ -94,11 +106,17 @@ def mews_source(
 
     Without `service_ids`, every product service (`Additional`, formerly `Orderable`) that
     `services/getAll` lists is synced. With `backfill_start`/`backfill_end`, exactly that
-    UpdatedUtc range is reloaded and the incremental state is left as it was. A source stops
-    after the window in which it read `max_orders_per_load` orders and sets
-    `source_stats.resume_at`; running it again goes on from there. `end_date`
-    (default: now) ends the sync; `transport` lets tests mount the sandbox in-process;
-    `stats` and `source_stats` collect what the API client and the source did.
+    UpdatedUtc range is reloaded and the incremental watermarks are left as they were.
+
+    Tables: one row per order (its latest version), one per note, and the notes of every
+    order read are exactly those Mews returned for it then: dlt merges them so on any
+    destination (`pipeline.run(mews_source())` is enough).
+
+    With `max_orders_per_load`, a run stops after the window in which it read that many
+    orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
+    on from there. `end_date` (default: now) ends the sync; `transport` lets tests mount the
+    sandbox in-process; `stats` and `source_stats` collect what the API client and the source
+    did.
     """
     now = datetime.now(UTC).replace(microsecond=0)
     end = parse_utc(end_date, "end_date") if end_date else now
@@ -145,35 +163,53 @@ def mews_source(
         if sync_services():
             yield to_table(sync_services(), SERVICE_COLUMNS)
 
-    # Orders and notes are appended: an order read again comes again, with a later
-    # `_dlt_load_id`. The pipeline keeps the latest of each (see `keep_latest_rows`).
-    @dlt.resource(write_disposition="append", primary_key="id")
+    # An order read again comes again: of its rows the merge keeps the latest read.
+    @dlt.resource(
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        columns={"updated_utc": {"dedup_sort": "desc"}},
+    )
     def product_service_orders() -> Iterator[pa.Table]:
         """Yields typed tables (a few pages each) of the orders updated since each service's
-        watermark."""
+        watermark, or in the backfill's range."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        state = dlt.current.resource_state()
+        watermarks: dict[str, str] = state.setdefault("watermarks", {})
         if backfill:
-            plan = [(ids, window) for window in walk_windows(*backfill)]
-            watermarks: dict[str, str] = {}  # a backfill leaves the state alone
+            # A backfill leaves the watermarks alone; its own progress is kept apart, so a
+            # backfill in steps (or one that was killed) goes on where it stopped.
+            progress = state.get("backfill") or {}
+            wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
+            begin = (
+                parse_utc(progress["done_to"], "state")
+                if progress.get("range") == wanted
+                else backfill[0]
+            )
+            state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
+            plan = [(ids, window) for window in walk_windows(begin, backfill[1])]
         else:
-            watermarks = dlt.current.resource_state().setdefault("watermarks", {})
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
         if not counts.windows_total:  # the first load of the run plans them all
             counts.windows_total = len(plan)
-        counts.resume_at = None
         orders_before = counts.orders
         for group, window in plan:
             if max_orders_per_load and counts.orders - orders_before >= max_orders_per_load:
-                # Enough for one load: the pipeline runs the source again from here, so a
+                # Enough for one load: the state says there is more (`pending_work`), so a
                 # long history loads in steps of bounded memory and a kill loses one step.
-                counts.resume_at = window[0]
+                if not backfill:  # a backfill's own progress says so
+                    state["pending"] = True
                 return
             yield from orders_in(group, window)
-            if not backfill:
+            if backfill:
+                state["backfill"]["done_to"] = format_utc(window[1])
+            else:
                 for service_id in group:
                     watermarks[service_id] = format_utc(window[1])
-        if not backfill:
+        state.pop("pending", None)
+        if backfill:
+            state.pop("backfill", None)
+        else:
             # Also services whose windows were all empty ranges: this run covered them to `end`.
             for service_id in ids:
                 watermarks[service_id] = format_utc(end)
@@ -198,25 +234,54 @@ def mews_source(
     @dlt.transformer(
         data_from=product_service_orders,
         parallelized=True,
-        write_disposition="append",
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
         primary_key="id",
+        merge_key="service_order_id",
+        columns={NOTE_MARKER_COLUMN: {"data_type": "bool", "hard_delete": True}},
     )
-    def service_order_notes(orders: pa.Table) -> pa.Table | list[pa.Table]:
-        """Yields the notes of a table of orders: all of them, whenever an order is read.
+    def service_order_notes(orders: pa.Table) -> pa.Table:
+        """Yields the notes of a table of orders: all of them, whenever an order is read, and a
+        marker row for each order that has none.
 
-        A note Mews deleted is simply not returned; the pipeline's `keep_latest_rows`
-        removes stored notes whose load is older than their order's.
+        A note Mews deleted is simply not returned. The merge replaces the stored notes of
+        every order in the load (`merge_key`), so it goes; the marker row (never stored) makes
+        that true of an order whose notes were all deleted.
         """
-        order_ids = orders.column("id").to_pylist()
+        order_ids = orders.column("id")
         pages = api.service_order_notes(
-            order_ids, types, enterprise_ids, item_schema=raw_schema(NOTE_COLUMNS)
+            order_ids.to_pylist(), types, enterprise_ids, item_schema=raw_schema(NOTE_COLUMNS)
         )
         tables = [to_table(page, NOTE_COLUMNS) for page in pages]
-        counts.add(notes=sum(t.num_rows for t in tables))
+        noted = sum(t.num_rows for t in tables)
+        counts.add(notes=noted)
+        without = pc.filter(
+            order_ids,
+            pc.invert(pc.is_in(order_ids, concat(tables).column("service_order_id")))
+            if noted
+            else pa.array([True] * len(order_ids)),
+        )
+        markers = pa.table(
+            {
+                "id": without,
+                "service_order_id": without,
+                NOTE_MARKER_COLUMN: pa.array([True] * len(without), pa.bool_()),
+            }
+        )
+        notes = [
+            t.append_column(NOTE_MARKER_COLUMN, pa.nulls(t.num_rows, pa.bool_())) for t in tables
+        ]
         # One item per table of orders: dlt's cost is per item, not per row.
-        return concat(tables) if tables else []
+        return with_keys_required(concat([*notes, markers]))
 
     return services, product_service_orders, service_order_notes
+
+
+def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
+    """Whether the last run (or backfill) of the source stopped early, after
+    `max_orders_per_load` orders, and running it again goes on from there."""
+    resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
+    orders = resources.get("product_service_orders", {})
+    return bool(orders.get("backfill") if backfill else orders.get("pending"))
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -84,7 +84,7 @@ SERVICE_COLUMNS = [
     col("updated_utc", "UpdatedUtc", TIMESTAMP),
 ]
 
-KEY_COLUMNS = ("id",)  # the primary key
+KEY_COLUMNS = ("id", "service_order_id")  # the primary key, and the notes' merge key
 
 
 def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Column]) -> pa.Table:

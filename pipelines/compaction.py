@@ -1,0 +1,160 @@
+"""The append-then-compact loading strategy: the fast way to keep one row per order and note.
+
+The source declares dlt merges (see `sources/mews`), which are right on every destination. On
+DuckDB and PostgreSQL the pipeline loads orders and notes by appending instead and then
+removes the rows they supersede, here: a merge copies every row into a staging table and
+again into the table, which on a first sync of 200,000 orders into DuckDB cost 3.5 s of CPU
+against 1.4 s for appending. Only rows of loads newer than the mark in `_mews_sync_cleaned`
+are looked at, so a nightly run touches what it loaded; the mark moves in the same
+transaction as the deletes, and only to a load dlt finished, so a run killed before this is
+healed by the next. Load ids are timestamps: a later load read later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sources.mews import NOTE_MARKER_COLUMN
+
+log = logging.getLogger("mews_sync")
+
+CLEANED_MARK_TABLE = "_mews_sync_cleaned"
+# Each destination's name for a row's physical identity, to tell apart two copies of a row.
+ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
+APPENDED = ("product_service_orders", "service_order_notes")
+
+
+@dataclass
+class Compacted:
+    """What one compaction removed: older copies of rows read again, and notes Mews deleted."""
+
+    superseded_orders: int = 0
+    superseded_notes: int = 0
+    deleted_notes: int = 0
+
+
+def load_by_appending(source: Any) -> None:
+    """Switch the source's orders and notes from dlt's merge to appending (compact() after
+    each load). The notes' markers for orders without notes only matter to a merge."""
+    # The merge-only hints go too: dlt warns on every load that an append ignores them.
+    source.resources["product_service_orders"].apply_hints(
+        write_disposition="append",
+        columns={"updated_utc": {"name": "updated_utc", "dedup_sort": None}},
+    )
+    notes = source.resources["service_order_notes"]
+    notes.apply_hints(
+        write_disposition="append",
+        merge_key="",
+        columns={
+            NOTE_MARKER_COLUMN: {
+                "name": NOTE_MARKER_COLUMN,
+                "data_type": "bool",
+                "hard_delete": False,
+            }
+        },
+    )
+    notes.add_map(without_markers)
+
+
+def without_markers(notes: pa.Table) -> pa.Table:
+    if NOTE_MARKER_COLUMN not in notes.column_names:
+        return notes
+    keep = pc.invert(pc.fill_null(notes.column(NOTE_MARKER_COLUMN), False))
+    return notes.filter(keep).drop_columns([NOTE_MARKER_COLUMN])
+
+
+def compact(sql_client: Any, destination: str) -> Compacted:
+    """Keep one row per order and per note, the latest read, and drop the notes Mews deleted.
+
+    Whenever an order is read, all its notes are read in the same load, so a current note
+    carries its order's `_dlt_load_id`; one with another load id was deleted in Mews (Mews only
+    leaves it out).
+    """
+    row_id = ROW_ID[destination]
+    done = Compacted()
+    existing = existing_tables(sql_client, APPENDED)
+    if "product_service_orders" not in existing:
+        return done
+    mark_table = sql_client.make_qualified_table_name(CLEANED_MARK_TABLE)
+    sql_client.execute_sql(f"create table if not exists {mark_table} (load_id varchar not null)")
+    orders = sql_client.make_qualified_table_name("product_service_orders")
+    notes = sql_client.make_qualified_table_name("service_order_notes")
+    loads = sql_client.make_qualified_table_name("_dlt_loads")
+    with sql_client.begin_transaction():
+        ((mark,),) = sql_client.execute_sql(f"select coalesce(max(load_id), '') from {mark_table}")
+        done.superseded_orders = affected(
+            sql_client, delete_superseded(orders, row_id, "updated_utc desc"), mark
+        )
+        if "service_order_notes" in existing:
+            # A join on keys, not dlt's merge key: that would make a delete an OR of two
+            # keys, which DuckDB cannot hash-join (a nightly into 1M orders took 79 s so).
+            # Older copies go first, so that what remains to delete was deleted in Mews.
+            done.superseded_notes = affected(
+                sql_client, delete_superseded(notes, row_id, "id"), mark
+            )
+            done.deleted_notes = affected(
+                sql_client,
+                f"""delete from {notes} as n using {orders} as o
+                where o.id = n.service_order_id and o._dlt_load_id > %s
+                and n._dlt_load_id <> o._dlt_load_id""",
+                mark,
+            )
+        sql_client.execute_sql(f"delete from {mark_table}")
+        sql_client.execute_sql(
+            f"""insert into {mark_table} select coalesce(max(load_id), %s)
+            from {loads} where status = 0""",
+            mark,
+        )
+    if done.deleted_notes:
+        log.info("removed %d notes Mews no longer has", done.deleted_notes)
+    if done.superseded_orders or done.superseded_notes:
+        log.info(
+            "removed the older copies of %d orders and %d notes read again",
+            done.superseded_orders,
+            done.superseded_notes,
+        )
+    return done
+
+
+def delete_superseded(table: str, row_id: str, then: str) -> str:
+    """Of the rows sharing an id with a row loaded after the mark (%s), keep the latest
+    load's (ordered by `then` within one load, where a row read twice comes twice)."""
+    return f"""delete from {table} where {row_id} in (
+        select {row_id} from (
+            select {row_id}, row_number() over (
+                partition by id order by _dlt_load_id desc, {then}) as newest
+            from {table}
+            where id in (
+                select id from {table}
+                where id in (select id from {table} where _dlt_load_id > %s)
+                group by id having count(*) > 1)) as copies
+        where newest > 1)"""
+
+
+def affected(sql_client: Any, sql: str, *args: Any) -> int:
+    """Run a DELETE and return how many rows it removed, on DuckDB and PostgreSQL alike."""
+    with sql_client.execute_query(sql, *args) as cursor:
+        native = getattr(cursor, "native_cursor", cursor)
+        if getattr(native, "rowcount", -1) >= 0:
+            return int(native.rowcount)
+        row = cursor.fetchone()  # DuckDB answers a DELETE with the count
+        return int(row[0]) if row else 0
+
+
+def existing_tables(sql_client: Any, names: Iterable[str]) -> set[str]:
+    """Which of `names` exist in the dataset."""
+    wanted = list(names)
+    placeholders = ", ".join(["%s"] * len(wanted))
+    rows = sql_client.execute_sql(
+        "select table_name from information_schema.tables "
+        f"where table_schema = %s and table_name in ({placeholders})",
+        sql_client.dataset_name,
+        *wanted,
+    )
+    return {name for (name,) in rows or []}

@@ -1,0 +1,71 @@
+"""Exit codes, and the one safe sentence for each expected failure, however deeply dlt wrapped
+it. Shared by the command line and the run records."""
+
+from __future__ import annotations
+
+from pipelines.lock import SyncBusyError
+from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsResponseError
+
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; the next run starts from the last completed load."
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one safe sentence for an exception."""
+    from dlt.common.configuration.exceptions import (
+        ConfigFieldMissingException,
+        ConfigValueCannotBeCoercedException,
+    )
+
+    for cause in causes(exc):
+        if isinstance(cause, KeyboardInterrupt):  # dlt wraps one that stops a step
+            return EXIT_INTERRUPTED, INTERRUPTED
+        if isinstance(cause, MewsConfigError):
+            return EXIT_CONFIG, str(cause)
+        if isinstance(cause, MewsError):
+            if isinstance(cause, SyncBusyError):
+                return EXIT_BUSY, str(cause)
+            if isinstance(cause, MewsResponseError) or (
+                isinstance(cause, MewsApiError) and not cause.transient
+            ):
+                return EXIT_REFUSED, str(cause)
+            return EXIT_UNAVAILABLE, str(cause)
+        if isinstance(cause, ConfigFieldMissingException):
+            names = ", ".join(f"SOURCES__MEWS__{f.upper()}" for f in cause.fields)
+            return EXIT_CONFIG, (
+                f"missing configuration: set {names} (environment) or put them under "
+                "[sources.mews] in .dlt/secrets.toml / .dlt/config.toml."
+            )
+        if isinstance(cause, ConfigValueCannotBeCoercedException):
+            return EXIT_CONFIG, (
+                f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
+                f"expected {getattr(cause.hint, '__name__', cause.hint)}, e.g. a JSON list "
+                "of ids."
+            )
+        if "Could not set lock" in str(cause) and type(cause).__module__.startswith("duckdb"):
+            # Another process opened the DuckDB file after the run's own check.
+            return EXIT_BUSY, (
+                "Another process has the DuckDB file open (a BI tool, `duckdb -readonly`?): "
+                "close it and try again; analysts should read the analytics copy instead."
+            )
+    return EXIT_BUG, str(exc)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from, outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def run_error(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the sentence a run record keeps: a bug's message could hold
+    anything, so only its type is kept (the traceback has the details)."""
+    code, sentence = explain(exc)
+    if code == EXIT_BUG:
+        sentence = f"unexpected {type(causes(exc)[-1]).__name__} (a bug; see the traceback)"
+    return code, sentence

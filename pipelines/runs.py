@@ -1,0 +1,110 @@
+"""What a run did: the summary printed at its end and the run record kept for `status`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sources.mews import SourceStats
+from sources.mews.client import ClientStats
+
+log = logging.getLogger("mews_sync")
+
+
+@dataclass
+class RunReport:
+    """What one run did, for the summary printed at its end and the run record."""
+
+    kind: str
+    where: str  # the destination, as a person names it: a file path or a database URL
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    seconds: float = 0.0
+    stats: ClientStats = field(default_factory=ClientStats)
+    read: SourceStats = field(default_factory=SourceStats)
+    table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
+    published: str | None = None  # the analysts' copy this run published, if any
+    error: str | None = None  # the one-sentence reason a failed run stopped
+
+    def summary(self) -> str:
+        requests = sum(self.stats.requests.values())
+        per_op = ", ".join(f"{op} {n}" for op, n in sorted(self.stats.requests.items()))
+        tables = ", ".join(f"{t} {n}" for t, n in self.table_rows.items())
+        read = self.read
+        if self.error is None:
+            head = f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.where}"
+        else:
+            head = f"mews-sync {self.kind} FAILED after {self.seconds:.1f} s: {self.error}"
+            tables = tables or "not counted (the run did not finish)"
+        lines = [
+            head,
+            f"  read: {read.orders} orders in {read.order_pages} pages over {read.windows} "
+            f"windows, {read.notes} notes",
+            f"  rows per table now: {tables or 'none'}",
+            f"  requests: {requests} ({per_op or 'none'})",
+            f"  retries: {self.stats.retries}, rate-limited (429): {self.stats.throttled}, "
+            f"too heavy (408): {self.stats.heavy}",
+            f"  waited for the rate limit: {self.stats.limiter_wait_seconds:.1f} s, "
+            f"after 429s: {self.stats.throttle_wait_seconds:.1f} s",
+        ]
+        if self.published:
+            lines.append(f"  analysts' copy: {self.published}")
+        return "\n".join(lines)
+
+    def record(self, exit_code: int) -> dict[str, Any]:
+        """The run as one JSON-able line: counts and the error sentence, never a token."""
+        return {
+            "kind": self.kind,
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": (self.started + timedelta(seconds=self.seconds)).isoformat(
+                timespec="seconds"
+            ),
+            "seconds": round(self.seconds, 1),
+            "status": "ok" if exit_code == 0 else "failed",
+            "exit_code": exit_code,
+            "error": self.error,
+            "windows": self.read.windows,
+            "order_pages": self.read.order_pages,
+            "orders": self.read.orders,
+            "notes": self.read.notes,
+            "requests": sum(self.stats.requests.values()),
+            "retries": self.stats.retries,
+            "throttled": self.stats.throttled,
+            "table_rows": self.table_rows,
+        }
+
+
+def record_run(path: Path, report: RunReport, exit_code: int) -> None:
+    """Append the run to the run records at `path` for `mews-sync status`.
+
+    A file beside the DuckDB file rather than a table in it: the record matters most when the
+    destination is locked by another run or damaged, a rejected run leaves the DuckDB file
+    byte for byte as it was, and `tail` reads it without DuckDB. One short line appended in
+    one write, so runs that finish together do not mix their lines.
+    """
+    line = json.dumps(report.record(exit_code)) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    except OSError as exc:
+        log.warning("could not record this run in %s: %s", path, exc.strerror or exc)
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The run records at `path`, oldest first; a torn or foreign line is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    runs = []
+    for line in lines:
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(run, dict) and "status" in run:
+            runs.append(run)
+    return runs

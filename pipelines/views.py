@@ -1,0 +1,33 @@
+"""The analysts' views in sql/, and rows per table, through dlt's SQL client of any destination."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines.compaction import existing_tables
+
+log = logging.getLogger("mews_sync")
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+TABLES = ("product_service_orders", "service_order_notes", "services")
+
+
+def apply_views(sql_client: Any) -> None:
+    """(Re)create the views in sql/. Their names are unqualified: the SQL client's search path
+    is the dataset, so they land in it, and the analysts' copy of a DuckDB file (another
+    catalog) still resolves them."""
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        sql_client.execute_sql(path.read_text())
+
+
+def count_rows(sql_client: Any) -> dict[str, int]:
+    """Rows per table of the dataset, of the tables that exist."""
+    existing = existing_tables(sql_client, TABLES)
+    counts = {}
+    for table in TABLES:
+        if table in existing:
+            name = sql_client.make_qualified_table_name(table)
+            ((counts[table],),) = sql_client.execute_sql(f"select count(*) from {name}")
+    return counts
