@@ -65,3 +65,14 @@ def postgres_credentials(postgres_server: str) -> Iterator[str]:
     name, url = pg.create_database(postgres_server)
     yield url
     pg.drop_database(postgres_server, name)
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Each test that takes it runs on DuckDB (None) and on a fresh PostgreSQL database (its
+    URL, also in DESTINATION__POSTGRES__CREDENTIALS, as an operator would set it)."""
+    if request.param == "duckdb":
+        return None
+    url = request.getfixturevalue("postgres_credentials")
+    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", url)
+    return url

@@ -30,17 +30,6 @@ def sandbox() -> Sandbox:
     return lagging_sandbox(orders=3000, seed=11)
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
-    """Each test that takes it runs on DuckDB (None) and on a fresh PostgreSQL database (its
-    URL, also in DESTINATION__POSTGRES__CREDENTIALS, as an operator would set it)."""
-    if request.param == "duckdb":
-        return None
-    url = request.getfixturevalue("postgres_credentials")
-    monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", url)
-    return url
-
-
 def watermarks(target: Target) -> dict[str, str]:
     state = target.state()
     return state["sources"]["mews"]["resources"]["product_service_orders"]["watermarks"]
