@@ -54,7 +54,10 @@ class Target:
             return PostgresStorage.configured()
         return DuckDbStorage.at(self.database)
 
-    def sync(self, kind: str = "run", **overrides: Any) -> RunReport:
+    def sync(self, kind: str = "run", *, allowed_400s: int = 0, **overrides: Any) -> RunReport:
+        """A run of the pipeline against the sandbox; it may send at most `allowed_400s`
+        requests Mews rejects with 400 (0: none; one is by design where the client learns a
+        limit from the refusal, as a stricter reading of "3 months")."""
         args = {
             "platform_url": "http://sandbox.local",
             "client_token": self.sandbox.client_token,
@@ -68,7 +71,7 @@ class Target:
         before = self.sandbox.log.count(status=400)
         workdir = str(self.workdir) if self.workdir else None
         report = sync(kind, storage=self.storage(), pipelines_dir=workdir, **args)
-        assert self.sandbox.log.count(status=400) == before, (
+        assert self.sandbox.log.count(status=400) - before <= allowed_400s, (
             "the pipeline sent a request Mews rejects"
         )
         return report
