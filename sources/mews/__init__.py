@@ -41,6 +41,7 @@ from .settings import (
     PRODUCT_SERVICE_DISCRIMINATOR,
     RATE_LIMIT_REQUESTS,
     RATE_LIMIT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
 )
 from .tables import (
     NOTE_COLUMNS,
@@ -95,6 +96,7 @@ def mews_source(
     max_orders_per_load: int | None = None,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
+    request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
     backfill_start: str | None = None,
     backfill_end: str | None = None,
     end_date: str | None = None,
@@ -146,6 +148,7 @@ def mews_source(
         page_size=page_size,
         max_retries=max_retries,
         backoff_base=backoff_seconds,
+        timeout=request_timeout_seconds,
         stats=stats,
     )
 
