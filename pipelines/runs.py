@@ -49,6 +49,10 @@ class RunReport:
             f"too heavy (408): {self.stats.heavy}",
             f"  waited for the rate limit: {self.stats.limiter_wait_seconds:.1f} s, "
             f"after 429s: {self.stats.throttle_wait_seconds:.1f} s",
+            # What Mews does not document, and what it cost this run (README).
+            f"  short pages: {self.stats.short_pages} (+{self.stats.end_probes} end probes), "
+            f"timeouts: {self.stats.timeouts}, 3-month limit learned: "
+            f"{'yes' if self.stats.too_long_windows else 'no'}",
         ]
         if self.published:
             lines.append(f"  analysts' copy: {self.published}")
@@ -73,6 +77,10 @@ class RunReport:
             "requests": sum(self.stats.requests.values()),
             "retries": self.stats.retries,
             "throttled": self.stats.throttled,
+            "short_pages": self.stats.short_pages,
+            "end_probes": self.stats.end_probes,
+            "timeouts": self.stats.timeouts,
+            "too_long_windows": self.stats.too_long_windows,
             "table_rows": self.table_rows,
         }
 

@@ -426,7 +426,16 @@ def test_a_bad_log_level_in_the_config_is_one_sentence(monkeypatch, tmp_path, ca
 def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration():
     report = RunReport(kind="run", where="x.duckdb", seconds=61.25)
     report.read = SourceStats(windows=48, order_pages=17, orders=2000, notes=3104)
-    report.stats = ClientStats(retries=3, throttled=2, heavy=1, limiter_wait_seconds=4.0)
+    report.stats = ClientStats(
+        retries=3,
+        throttled=2,
+        heavy=1,
+        limiter_wait_seconds=4.0,
+        short_pages=5,
+        end_probes=9,
+        timeouts=1,
+        too_long_windows=1,
+    )
     report.stats.requests.update({"productServiceOrders/getAll": 50, "services/getAll": 1})
     report.table_rows = {"product_service_orders": 2000, "service_order_notes": 3104}
 
@@ -440,11 +449,15 @@ def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration()
         "retries: 3, rate-limited (429): 2, too heavy (408): 1",
         "product_service_orders 2000, service_order_notes 3104",
         "waited for the rate limit: 4.0 s",
+        "short pages: 5 (+9 end probes), timeouts: 1, 3-month limit learned: yes",
     ):
         assert words in text
     report.error = "Mews answered 503"
     assert report.summary().startswith("mews-sync run FAILED after 61.2 s: Mews answered 503")
-    assert json.loads(json.dumps(report.record(4)))["error"] == "Mews answered 503"
+    record = json.loads(json.dumps(report.record(4)))
+    assert record["error"] == "Mews answered 503"
+    assert (record["short_pages"], record["end_probes"], record["timeouts"]) == (5, 9, 1)
+    assert record["too_long_windows"] == 1
 
 
 # -- progress --------------------------------------------------------------------------------
