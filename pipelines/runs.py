@@ -54,6 +54,8 @@ class RunReport:
             f"timeouts: {self.stats.timeouts}, 3-month limit learned: "
             f"{'yes' if self.stats.too_long_windows else 'no'}",
         ]
+        if read.refresh_days:
+            lines.append(f"  {refresh_line(read, self.table_rows.get('product_service_orders'))}")
         if self.published:
             lines.append(f"  analysts' copy: {self.published}")
         return "\n".join(lines)
@@ -74,6 +76,8 @@ class RunReport:
             "order_pages": self.read.order_pages,
             "orders": self.read.orders,
             "notes": self.read.notes,
+            "refreshed_orders": self.read.refreshed_orders,
+            "refresh_share": round(self.read.refresh_share, 3),
             "requests": sum(self.stats.requests.values()),
             "retries": self.stats.retries,
             "throttled": self.stats.throttled,
@@ -83,6 +87,20 @@ class RunReport:
             "too_long_windows": self.stats.too_long_windows,
             "table_rows": self.table_rows,
         }
+
+
+def refresh_line(read: SourceStats, stored_orders: int | None) -> str:
+    """Where the notes refresh stands, and what it costs a day, in one line."""
+    ranges = ", ".join(f"{a[:10]}..{b[:10]}" for a, b in read.refresh_ranges) or "none"
+    line = (
+        f"notes refresh (every {read.refresh_days:g} days): re-read {read.refreshed_orders} "
+        f"orders updated {ranges}; {read.refresh_share:.0%} of the history swept this cycle"
+    )
+    if stored_orders:
+        # Each 1000 orders re-read cost an orders request and a notes request (plus pages).
+        per_day = 2 * stored_orders / 1000 / read.refresh_days
+        line += f"; about {per_day:.0f} requests a day"
+    return line
 
 
 def record_run(path: Path, report: RunReport, exit_code: int) -> None:

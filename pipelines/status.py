@@ -166,6 +166,7 @@ def status_screen(storage: Storage, now: datetime | None = None) -> str:
             if reader.where != storage.where:
                 out[-1:] = [f"  read from the analysts' copy {reader.where}", ""]
             out += watermark_lines(reader, now) + [""]
+            out += refresh_lines(reader, now) + [""]
             out += run_lines(storage, runs, now) + [""]
             out += table_lines(reader) + [""]
             out += chart_lines(reader, now) + [""]
@@ -205,8 +206,9 @@ def watermark_lines(reader: Reader, now: datetime) -> list[str]:
     return out
 
 
-def watermarks(reader: Reader) -> dict[str, str]:
-    """Service id -> ISO watermark, from the newest pipeline state dlt stored."""
+def orders_state(reader: Reader) -> dict[str, Any]:
+    """The source's state of its orders resource, from the newest pipeline state dlt stored:
+    the watermarks, and where the notes refresh stands."""
     from dlt.common.versioned_state import decompress_state
 
     if not has(reader, "_dlt_pipeline_state"):
@@ -216,7 +218,34 @@ def watermarks(reader: Reader) -> dict[str, str]:
         return {}
     state = decompress_state(rows[0][0])
     resources = state.get("sources", {}).get(DATASET_NAME, {}).get("resources", {})
-    return dict(resources.get("product_service_orders", {}).get("watermarks", {}))
+    return dict(resources.get("product_service_orders", {}))
+
+
+def watermarks(reader: Reader) -> dict[str, str]:
+    """Service id -> ISO watermark."""
+    return dict(orders_state(reader).get("watermarks", {}))
+
+
+def refresh_lines(reader: Reader, now: datetime) -> list[str]:
+    """How far the notes refresh has come, and what it costs a day."""
+    progress = orders_state(reader).get("notes_refresh") or {}
+    days = progress.get("every_days")
+    if not days:
+        return ["Notes refresh: off (SOURCES__MEWS__NOTES_REFRESH_DAYS = 0)"]
+    started = datetime.fromisoformat(progress["cycle_started"].replace("Z", "+00:00"))
+    position = progress.get("position", "")[:10]
+    out = [
+        f"Notes refresh (every order's notes re-read at least every {days:g} days): this "
+        f"cycle started {when(started)} ({ago(now - started)}), swept up to orders updated "
+        f"{position}"
+    ]
+    if has(reader, "product_service_orders"):
+        ((orders,),) = reader.rows("select count(*) from product_service_orders")
+        # Each 1000 orders re-read cost an orders request and a notes request (plus pages).
+        out.append(
+            f"  about {2 * orders / 1000 / days:.0f} extra requests a day for {orders:,} orders"
+        )
+    return out
 
 
 def service_lines(head: str, names: list[str]) -> list[str]:

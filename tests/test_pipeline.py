@@ -77,7 +77,7 @@ def test_a_rerun_after_changes_equals_the_truth_with_far_fewer_requests(
 
 
 def test_a_rerun_without_changes_changes_nothing_and_reads_one_page(sandbox, tmp_path, postgres):
-    target = Target(sandbox, tmp_path, postgres)
+    target = Target(sandbox, tmp_path, postgres, notes_refresh_days=0)  # refresh: tested apart
     target.sync()
     orders, notes = target.orders(), target.notes()
     sandbox.log.clear()
@@ -114,7 +114,7 @@ def test_backfill_reloads_the_range_and_leaves_the_state_alone(sandbox, tmp_path
 
 
 def test_state_is_restored_from_duckdb_when_the_working_directory_is_gone(sandbox, tmp_path):
-    target = Target(sandbox, tmp_path)
+    target = Target(sandbox, tmp_path, notes_refresh_days=0)
     target.sync()
     shutil.rmtree(target.workdir)
     order_id = truth_orders(sandbox)[0][0]
@@ -258,7 +258,7 @@ def test_two_duckdb_files_on_one_machine_keep_their_own_state(tmp_path, monkeypa
 
 
 def test_a_long_history_loads_in_steps_each_committed_with_its_state(sandbox, tmp_path, postgres):
-    target = Target(sandbox, tmp_path, postgres)
+    target = Target(sandbox, tmp_path, postgres, notes_refresh_days=0)
     target.sync(max_orders_per_load=500)
 
     assert_equals_truth(target)
@@ -326,7 +326,7 @@ def test_an_order_changed_during_the_sync_keeps_only_its_latest_version(
 def test_a_run_killed_between_its_load_and_the_clean_up_is_healed_by_the_next(
     sandbox, tmp_path, monkeypatch, postgres
 ):
-    target = Target(sandbox, tmp_path, postgres)
+    target = Target(sandbox, tmp_path, postgres, notes_refresh_days=0)
     target.sync()
     with_notes: dict[str, list[str]] = {}
     for note in sandbox.notes(types=["General", "ChannelManager", "SpecialRequest"]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -27,10 +27,12 @@ from .client import (
     MewsConfigError,
     format_utc,
 )
+from .refresh import done_up_to, plan_refresh, sweep_share
 from .settings import (
     BACKOFF_BASE_SECONDS,
     DEFAULT_CLIENT,
     DEFAULT_NOTE_TYPES,
+    DEFAULT_NOTES_REFRESH_DAYS,
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
@@ -73,8 +75,12 @@ class SourceStats(Counters):
     it from worker threads."""
 
     windows: int = 0
-    windows_total: int = 0  # planned, for a progress bar; a 408 split adds windows beyond it
+    windows_total: int = 0  # planned, for a progress bar
     order_pages: int = 0
+    refreshed_orders: int = 0  # re-read by the notes refresh (with all their notes)
+    refresh_ranges: list[tuple[str, str]] = field(default_factory=list)  # UpdatedUtc re-read
+    refresh_share: float = 0.0  # of the history this refresh cycle has swept, 0..1
+    refresh_days: float = 0.0  # the refresh period (0: off)
     orders: int = 0
     notes: int = 0
 
@@ -94,6 +100,7 @@ def mews_source(
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
     max_orders_per_load: int | None = None,
+    notes_refresh_days: float = DEFAULT_NOTES_REFRESH_DAYS,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
     request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
@@ -135,6 +142,11 @@ def mews_source(
         if backfill[0] >= backfill[1]:
             raise MewsConfigError("The backfill --start must be before its --end.")
     overlap = timedelta(minutes=float(overlap_minutes))
+    refresh_every = timedelta(days=float(notes_refresh_days))
+    if refresh_every < timedelta(0):
+        raise MewsConfigError(
+            "SOURCES__MEWS__NOTES_REFRESH_DAYS must be 0 (off) or a positive number of days."
+        )
     types = list(DEFAULT_NOTE_TYPES if note_types is None else note_types)
     counts = source_stats if source_stats is not None else SourceStats()
 
@@ -193,6 +205,7 @@ def mews_source(
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
+            plan += plan_notes_refresh(state, [i for i in ids if i in watermarks], groups)
         if not counts.windows_total:  # the first load of the run plans them all
             counts.windows_total = len(plan)
         orders_before = counts.orders
@@ -203,8 +216,13 @@ def mews_source(
                 if not backfill:  # a backfill's own progress says so
                     state["pending"] = True
                 return
+            refreshing = group is refreshed
+            before = counts.orders
             yield from orders_in(group, window)
-            if backfill:
+            if refreshing:
+                counts.add(refreshed_orders=counts.orders - before)
+                done_up_to(state["notes_refresh"], window[1], parse_state_time)
+            elif backfill:
                 state["backfill"]["done_to"] = format_utc(window[1])
             else:
                 for service_id in group:
@@ -216,6 +234,26 @@ def mews_source(
             # Also services whose windows were all empty ranges: this run covered them to `end`.
             for service_id in ids:
                 watermarks[service_id] = format_utc(end)
+
+    # The services the notes refresh re-reads: one list object, so the plan can tell its
+    # windows from the incremental ones.
+    refreshed: list[str] = []
+
+    def plan_notes_refresh(
+        state: dict[str, Any], synced: list[str], groups: dict[datetime, list[str]]
+    ) -> list[tuple[list[str], tuple[datetime, datetime]]]:
+        """The refresh windows of this run (see `refresh.py`), over services synced before,
+        up to where their incremental windows begin."""
+        progress = state.setdefault("notes_refresh", {})
+        progress["every_days"] = refresh_every.total_seconds() / 86_400  # for `status`
+        starts = [g for g, group in groups.items() if any(i in synced for i in group)]
+        horizon = min(starts, default=start)
+        ranges = plan_refresh(progress, start, horizon, end, refresh_every, parse_state_time)
+        refreshed[:] = synced
+        counts.refresh_days = refresh_every.total_seconds() / 86_400
+        counts.refresh_ranges = [(format_utc(a), format_utc(b)) for a, b in ranges]
+        counts.refresh_share = sweep_share(progress, start, horizon, parse_state_time)
+        return [(refreshed, w) for a, b in ranges for w in walk_windows(a, b)]
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)
@@ -285,6 +323,10 @@ def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool
     resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
     orders = resources.get("product_service_orders", {})
     return bool(orders.get("backfill") if backfill else orders.get("pending"))
+
+
+def parse_state_time(value: str) -> datetime:
+    return parse_utc(value, "state")
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:

@@ -41,6 +41,9 @@ DEFAULT_START_DATE = "2012-01-01T00:00:00Z"
 DEFAULT_OVERLAP = timedelta(minutes=5)
 # Without `Types` the API returns only General and ChannelManager notes.
 DEFAULT_NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
+# Every order's notes are re-read at least this often, in case a note change does not bump
+# its order's UpdatedUtc (undocumented); 0 turns the refresh off. See refresh.py.
+DEFAULT_NOTES_REFRESH_DAYS = 7.0
 
 RATE_LIMIT_REQUESTS = 200  # per AccessToken ...
 RATE_LIMIT_SECONDS = 30.0  # ... per sliding window
