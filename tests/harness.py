@@ -129,6 +129,15 @@ def truth_notes(sandbox: Sandbox, order_ids: set[str] | None = None) -> list[tup
     )
 
 
+def notes_by_order(sandbox: Sandbox) -> dict[str, list[str]]:
+    """Order id -> ids of its live notes, of every type."""
+    by_order: dict[str, list[str]] = {}
+    for note in sandbox.notes():
+        order_id = note.get("OrderId") or note.get("ServiceOrderId")
+        by_order.setdefault(order_id, []).append(note["Id"])
+    return by_order
+
+
 def service_name(service: dict[str, Any]) -> str | None:
     """A service's English (or first) name, in the current shape (`Names`) or the older one."""
     names = service.get("Names") or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import Target, assert_equals_truth, lagging_sandbox, truth_notes
+from harness import Target, assert_equals_truth, lagging_sandbox, notes_by_order, truth_notes
 
 from pipelines.status import status_screen
 from pipelines.storage import DuckDbStorage
@@ -59,11 +59,7 @@ def test_an_unfinished_refresh_range_is_read_by_the_next_run_first():
 
 def changed_notes_without_bumping(sandbox):
     """Add, edit and delete notes, the order's UpdatedUtc left alone (the undocumented case)."""
-    by_order: dict[str, list[str]] = {}
-    for note in sandbox.notes():
-        by_order.setdefault(note.get("OrderId") or note.get("ServiceOrderId"), []).append(
-            note["Id"]
-        )
+    by_order = notes_by_order(sandbox)
     several = sorted(o for o, ids in by_order.items() if len(ids) >= 2)
     sandbox.add_note(several[0], "Allergic to nuts")
     sandbox.update_note(by_order[several[1]][0], "Edited by reception")

@@ -1,0 +1,151 @@
+"""Whoever drives the load gets the same tables: a plain `pipeline.run(mews_source())`, the
+Airflow recipe's task, and dlt's own command line on the pipeline mews-sync made."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import dlt
+from harness import (
+    START_DATE,
+    Target,
+    assert_equals_truth,
+    lagging_sandbox,
+    notes_by_order,
+    truth_orders,
+)
+
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, SandboxTransport, serve
+from sources.mews import mews_source
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def change_orders_and_notes(sandbox, orders: int = 50) -> None:
+    """Orders changed and added, a note edited, one deleted, and every note of one order."""
+    existing = truth_orders(sandbox)
+    for order in existing[:orders]:
+        sandbox.update_order(order[0], State="Processed")
+    sandbox.add_order(existing[0][1])
+    by_order = notes_by_order(sandbox)
+    several = sorted(o for o, ids in by_order.items() if len(ids) >= 2)
+    sandbox.update_note(by_order[several[0]][0], "Edited")
+    sandbox.delete_note(by_order[several[1]][0])
+    for note_id in by_order[several[2]]:
+        sandbox.delete_note(note_id)
+
+
+def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tmp_path, postgres):
+    """No mews-sync code but the source: dlt's merges alone keep the tables right."""
+    sandbox = lagging_sandbox(orders=1500, seed=41)
+    target = Target(sandbox, tmp_path, postgres)
+    destination = (
+        dlt.destinations.postgres(postgres)
+        if postgres
+        else dlt.destinations.duckdb(target.database)
+    )
+    pipeline = dlt.pipeline(
+        "a_users_pipeline",
+        destination=destination,
+        dataset_name="mews",
+        pipelines_dir=str(tmp_path / "dlt"),
+    )
+
+    def source():
+        return mews_source(
+            platform_url="http://sandbox.local",
+            client_token=sandbox.client_token,
+            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
+            transport=SandboxTransport(sandbox),
+            start_date=START_DATE,
+            rate_limit_requests=0,
+        )
+
+    pipeline.run(source())
+    assert_equals_truth(target)
+    change_orders_and_notes(sandbox)
+    pipeline.run(source())
+    pipeline.run(source())  # and once more with nothing new
+
+    assert_equals_truth(target)
+    marker = target.rows(
+        "select count(*) from mews.service_order_notes where _mews_order_without_notes"
+    )
+    assert marker == [(0,)]  # the markers for orders without notes are never stored
+
+
+def load_recipe() -> ModuleType:
+    path = REPO / "docs" / "scheduling" / "airflow_dag.py"
+    spec = importlib.util.spec_from_file_location("airflow_dag", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_airflow_recipes_task_keeps_one_row_per_order_after_changes(
+    tmp_path, monkeypatch, postgres
+):
+    assert importlib.util.find_spec("airflow") is None  # the task needs no Airflow
+    sandbox = lagging_sandbox(orders=3000, seed=43)
+    target = Target(sandbox, tmp_path, postgres)
+    with serve(sandbox) as url:
+        for name, value in {
+            "SOURCES__MEWS__PLATFORM_URL": url,
+            "SOURCES__MEWS__CLIENT_TOKEN": sandbox.client_token,
+            "SOURCES__MEWS__ACCESS_TOKEN": DEMO_PORTFOLIO_ACCESS_TOKEN,
+            "SOURCES__MEWS__START_DATE": START_DATE,
+            "SOURCES__MEWS__RATE_LIMIT_REQUESTS": "0",
+            "DESTINATION__DUCKDB__CREDENTIALS": target.database,
+            "MEWS_SYNC__DESTINATION": "postgres" if postgres else "duckdb",
+            "DLT_DATA_DIR": str(tmp_path / "dlt_data"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        recipe = load_recipe()
+        recipe.sync_mews()
+        change_orders_and_notes(sandbox)
+        rows = recipe.sync_mews()
+
+    ids = [o[0] for o in target.orders()]
+    assert len(ids) == len(set(ids)) == rows["product_service_orders"] == 3001
+    assert_equals_truth(target)
+    assert target.rows("select count(*) from mews.orders_current") == [(3001,)]
+
+
+def test_dlt_pipeline_info_finds_the_pipeline_with_the_command_status_prints(tmp_path):
+    sandbox = lagging_sandbox(orders=200, seed=45)
+    env_dir = tmp_path / "dlt_data"
+    with serve(sandbox) as url:
+        env = {
+            "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "DLT_DATA_DIR": str(env_dir),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "SOURCES__MEWS__PLATFORM_URL": url,
+            "SOURCES__MEWS__CLIENT_TOKEN": sandbox.client_token,
+            "SOURCES__MEWS__ACCESS_TOKEN": DEMO_PORTFOLIO_ACCESS_TOKEN,
+            "SOURCES__MEWS__START_DATE": START_DATE,
+            "SOURCES__MEWS__RATE_LIMIT_REQUESTS": "0",
+            "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "mews_sync.duckdb"),
+        }
+        mews_sync = [sys.executable, "-m", "pipelines.cli"]
+        run = subprocess.run([*mews_sync, "run"], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    status = subprocess.run([*mews_sync, "status"], env=env, capture_output=True, text=True)
+    (command,) = [line.strip() for line in status.stdout.splitlines() if "dlt pipeline" in line]
+    dlt_cli = [str(Path(sys.executable).parent / "dlt"), *command.split()[1:]]
+
+    info = subprocess.run(dlt_cli, env=env, capture_output=True, text=True, cwd=tmp_path)
+    listed = subprocess.run(
+        [*dlt_cli[:-2], "--list-pipelines"], env=env, capture_output=True, text=True
+    )
+
+    assert info.returncode == 0, info.stderr
+    assert "mews_sync" in info.stdout and "product_service_orders" in info.stdout + info.stderr
+    assert listed.returncode == 0 and "mews_sync" in listed.stdout
+    pipelines = env_dir / "pipelines"
+    assert not pipelines.exists() or not list(pipelines.iterdir())  # nothing under another name
