@@ -26,11 +26,22 @@ import orjson
 import pyarrow as pa
 import pyarrow.json as arrow_json
 
+from sources.errors import (  # re-exported: the source and the pipeline name them from here
+    IntervalTooLongError,
+    MewsApiError,
+    MewsConfigError,
+    MewsResponseError,
+    MewsUnavailableError,
+    RequestTimedOutError,
+    RequestTooHeavyError,
+)
+
 from .settings import (
     API_PATH,
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
     DEFAULT_CLIENT,
+    ENTERPRISES_OPERATION,
     ITEMS_KEY,
     MAX_IDS_PER_REQUEST,
     MAX_RETRIES,
@@ -54,66 +65,6 @@ from .settings import (
 Page = list[dict[str, Any]] | pa.Table
 Interval = tuple[datetime, datetime]  # [start, end) of UpdatedUtc
 Part = TypeVar("Part")  # what a request asks for that can be halved: ids, an interval
-
-
-class MewsError(Exception):
-    """An expected failure whose message is safe to show: it never holds a token."""
-
-    transient = False  # True: trying again later may succeed without anyone acting
-
-
-class MewsConfigError(MewsError):
-    """The client was configured with something unusable."""
-
-
-class MewsApiError(MewsError):
-    """The API refused a request (4xx/5xx) with its own message."""
-
-    def __init__(self, operation: str, status: int, message: str, request_id: str | None = None):
-        self.operation, self.status, self.api_message = operation, status, message
-        self.request_id = request_id
-        hint = {
-            401: "check SOURCES__MEWS__CLIENT_TOKEN and SOURCES__MEWS__ACCESS_TOKEN",
-            403: "the API refused this by a business rule; check the token's permissions",
-        }.get(status, "")
-        ref = f" (Request-Id {request_id})" if request_id else ""
-        super().__init__(
-            f"Mews {operation} answered {status}: {message}{ref}" + (f"; {hint}" if hint else "")
-        )
-        self.transient = status in (408, 429) or status >= 500
-
-
-class RequestTooHeavyError(MewsApiError):
-    """408: the request asked for too much; the fix is to ask for less, not to retry it."""
-
-
-class RequestTimedOutError(RequestTooHeavyError):
-    """No answer within the client's timeout to a request the server took: a heavy request may
-    take that long and never come back as a 408, so it is treated as one."""
-
-    def __init__(self, operation: str, timeout: float):
-        MewsError.__init__(
-            self,
-            f"Mews {operation} did not answer within {timeout:g} s, even when asked for the "
-            "least: try again later.",
-        )
-        self.operation, self.status, self.api_message = operation, 408, "no answer in time"
-        self.request_id, self.transient = None, True
-
-
-class IntervalTooLongError(MewsApiError):
-    """400 on an UpdatedUtc interval longer than the strictest reading of "3 months" allows:
-    probably that reading; the client shortens its windows and asks again."""
-
-
-class MewsUnavailableError(MewsError):
-    """The API could not be reached or kept failing after every retry."""
-
-    transient = True
-
-
-class MewsResponseError(MewsError):
-    """The API answered 200 with something that is not what the documentation promises."""
 
 
 @dataclass
@@ -681,3 +632,13 @@ class MewsClient:
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
             yield from self.iter_pages(SERVICES_OPERATION, filters)
+
+    def enterprises(
+        self, enterprise_ids: list[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of enterprises (properties): those of the token (None), or the given ids."""
+        if asks_for_nothing(enterprise_ids):
+            return
+        for enterprises in chunked(enterprise_ids) if enterprise_ids else [None]:
+            filters = {"EnterpriseIds": enterprises} if enterprises else {}
+            yield from self.iter_pages(ENTERPRISES_OPERATION, filters)

@@ -9,12 +9,14 @@ PRODUCTION_PLATFORM_URL = "https://api.mews.com"
 ORDERS_OPERATION = "productServiceOrders/getAll"
 NOTES_OPERATION = "serviceOrderNotes/getAll"
 SERVICES_OPERATION = "services/getAll"
+ENTERPRISES_OPERATION = "enterprises/getAll"
 
 # Response keys holding the items of each paginated operation.
 ITEMS_KEY = {
     ORDERS_OPERATION: "ProductServiceOrders",
     NOTES_OPERATION: "ServiceOrderNotes",
     SERVICES_OPERATION: "Services",
+    ENTERPRISES_OPERATION: "Enterprises",
 }
 
 PAGE_SIZE = 1000  # Limitation.Count maximum
