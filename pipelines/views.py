@@ -11,7 +11,7 @@ from pipelines.compaction import existing_tables
 log = logging.getLogger("mews_sync")
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-TABLES = ("product_service_orders", "service_order_notes", "services")
+TABLES = ("product_service_orders", "service_order_notes", "services", "enterprises")
 
 
 def apply_views(sql_client: Any) -> None:

@@ -12,7 +12,9 @@ select
     o.created_utc as order_created_utc,
     o.service_id,
     s.name as service_name,
-    s.enterprise_id
+    s.enterprise_id,
+    e.name as enterprise_name
 from service_order_notes as n
 join product_service_orders as o on o.id = n.service_order_id
-left join services as s on s.id = o.service_id;
+left join services as s on s.id = o.service_id
+left join enterprises as e on e.id = s.enterprise_id;

@@ -1,7 +1,7 @@
--- Which orders exist now, for which service (and enterprise), and how many notes each has?
+-- Which orders exist now, for which service and enterprise, and how many notes each has?
 -- One row per product service order in its latest synced version, canceled ones included
--- (filter on state). service_name and enterprise_id are null for an order whose service is
--- not in services; enterprise names are not synced, only their ids.
+-- (filter on state). service_name, enterprise_id and enterprise_name are null for an order
+-- whose service (or its enterprise) is not synced.
 create or replace view orders_current as
 select
     o.id,
@@ -11,6 +11,7 @@ select
     o.service_id,
     s.name as service_name,
     s.enterprise_id,
+    e.name as enterprise_name,
     o.account_id,
     o.account_type,
     o.linked_reservation_id,
@@ -20,6 +21,7 @@ select
     coalesce(n.note_count, 0) as note_count
 from product_service_orders as o
 left join services as s on s.id = o.service_id
+left join enterprises as e on e.id = s.enterprise_id
 left join (
     select service_order_id, count(*) as note_count
     from service_order_notes

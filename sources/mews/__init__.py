@@ -7,6 +7,7 @@ notes of every page of orders it got; `services` names the services the orders b
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from dlt.sources import DltResource
 from .client import (
     ClientStats,
     Counters,
+    MewsApiError,
     MewsClient,
     MewsConfigError,
     format_utc,
@@ -46,6 +48,7 @@ from .settings import (
     REQUEST_TIMEOUT_SECONDS,
 )
 from .tables import (
+    ENTERPRISE_COLUMNS,
     NOTE_COLUMNS,
     ORDER_COLUMNS,
     SERVICE_COLUMNS,
@@ -62,6 +65,8 @@ __all__ = [
     "walk_windows",
     "parse_utc",
 ]
+
+log = logging.getLogger("mews_sync")
 
 # Marks a row of service_order_notes that stands for "this order has no notes now" and is never
 # stored: dlt's merge deletes an order's stored notes by `service_order_id` only when the load
@@ -178,6 +183,22 @@ def mews_source(
         if sync_services():
             yield to_table(sync_services(), SERVICE_COLUMNS)
 
+    @dlt.resource(write_disposition="merge", primary_key="id")
+    def enterprises() -> Iterator[pa.Table]:
+        """Yields one table of the enterprises (properties) of the synced services: id, name,
+        short_name, chain_name, time_zone_identifier (IANA, for local days)."""
+        ids = sorted({s["EnterpriseId"] for s in sync_services() if s["EnterpriseId"]})
+        try:
+            found = [e for page in api.enterprises(ids) for e in page] if ids else []
+        except MewsApiError as exc:
+            if exc.transient:
+                raise
+            # A token without access to enterprises/getAll still syncs its orders; the views
+            # then show no enterprise names.
+            log.warning("enterprise names are not synced: %s", exc)
+            found = []
+        yield to_table(found, ENTERPRISE_COLUMNS)  # empty, the table still exists
+
     # An order read again comes again: of its rows the merge keeps the latest read.
     @dlt.resource(
         write_disposition={"disposition": "merge", "strategy": "delete-insert"},
@@ -292,7 +313,8 @@ def mews_source(
         pages = api.service_order_notes(
             order_ids.to_pylist(), types, enterprise_ids, item_schema=raw_schema(NOTE_COLUMNS)
         )
-        tables = [to_table(page, NOTE_COLUMNS) for page in pages]
+        # Never no table: the notes' columns then exist, typed, even before the first note.
+        tables = [to_table(page, NOTE_COLUMNS) for page in pages] or [to_table([], NOTE_COLUMNS)]
         noted = sum(t.num_rows for t in tables)
         counts.add(notes=noted)
         without = pc.filter(
@@ -314,7 +336,7 @@ def mews_source(
         # One item per table of orders: dlt's cost is per item, not per row.
         return with_keys_required(concat([*notes, markers]))
 
-    return services, product_service_orders, service_order_notes
+    return services, enterprises, product_service_orders, service_order_notes
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:

@@ -30,6 +30,7 @@ from sources.errors import (  # re-exported: the source and the pipeline name th
     IntervalTooLongError,
     MewsApiError,
     MewsConfigError,
+    MewsError,
     MewsResponseError,
     MewsUnavailableError,
     RequestTimedOutError,
@@ -60,6 +61,22 @@ from .settings import (
     REQUEST_TIMEOUT_SECONDS,
     SERVICES_OPERATION,
 )
+
+__all__ = [
+    "ClientStats",
+    "Counters",
+    "IntervalTooLongError",
+    "MewsApiError",
+    "MewsClient",
+    "MewsConfigError",
+    "MewsError",
+    "MewsResponseError",
+    "MewsUnavailableError",
+    "RequestTimedOutError",
+    "RequestTooHeavyError",
+    "SlidingWindowLimiter",
+    "format_utc",
+]
 
 # A page of items: decoded objects, or an Arrow table of the fields the caller asked for.
 Page = list[dict[str, Any]] | pa.Table

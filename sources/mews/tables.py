@@ -84,6 +84,16 @@ SERVICE_COLUMNS = [
     col("updated_utc", "UpdatedUtc", TIMESTAMP),
 ]
 
+ENTERPRISE_COLUMNS = [
+    col("id", "Id"),
+    col("name", "Name"),
+    col("short_name", "ShortName"),
+    col("chain_name", "ChainName"),
+    col("time_zone_identifier", "TimeZoneIdentifier"),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    col("updated_utc", "UpdatedUtc", TIMESTAMP),
+]
+
 KEY_COLUMNS = ("id", "service_order_id")  # the primary key, and the notes' merge key
 
 
