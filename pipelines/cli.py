@@ -13,13 +13,15 @@ Exit codes (for schedulers):
 
 from __future__ import annotations
 
+# Only what every command needs is imported here: dlt alone costs about a second, and
+# `--help`, `--version`, `status` and `query` (of a DuckDB file) never import it. Each command
+# imports the rest itself.
 import argparse
 import logging
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -35,10 +37,11 @@ from pipelines.failures import (
     INTERRUPTED,
     explain,
 )
-from pipelines.runs import RunReport
-from sources.mews.client import MewsConfigError
+from sources.errors import MewsConfigError
 
 if TYPE_CHECKING:
+    from pipelines.runs import RunReport
+    from pipelines.status import Reader
     from pipelines.storage import Storage
 
 __all__ = [
@@ -68,6 +71,31 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_CONFIG, f"mews-sync: {message} (see mews-sync --help)\n")
 
 
+class VersionAction(argparse.Action):
+    """`--version`: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("mews-sync")
+        except PackageNotFoundError:
+            number = "unknown (not installed: pip install -e .)"
+        print(f"mews-sync {number}")
+        parser.exit(EXIT_OK)
+
+
+RUN_HELP = """Read what changed in Mews since the last run (the watermarks kept in the
+destination) up to now, load it, and re-create the views. The first run reads the whole
+history from SOURCES__MEWS__START_DATE, in steps. Settings come from the environment
+(SOURCES__MEWS__PLATFORM_URL, ..._CLIENT_TOKEN, ..._ACCESS_TOKEN, ...), else .dlt/secrets.toml
+and .dlt/config.toml; see the README. A summary is printed at the end; a second run on the
+same destination stops at once with exit 5."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mews-sync",
@@ -75,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 2 configuration, 3 API refused, 4 API unavailable (retry "
         "later), 5 another run is busy, 1 bug, 130 stopped (Ctrl-C, SIGTERM).",
     )
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -83,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "[mews_sync] in .dlt/config.toml, else INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    commands.add_parser("run", help="incremental sync from the stored state up to now")
+    commands.add_parser(
+        "run", help="incremental sync from the stored state up to now", description=RUN_HELP
+    )
     backfill = commands.add_parser(
         "backfill", help="reload orders updated in [start, end), leaving the state alone"
     )
@@ -92,12 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="sync a bundled sandbox into a local DuckDB file")
     demo.add_argument("--orders", type=int, default=DEMO_ORDERS, help="orders to generate")
     demo.add_argument("--path", default="mews_demo.duckdb", help="the DuckDB file to create")
-    sandbox = commands.add_parser("sandbox", help="serve a local Mews API sandbox (Ctrl-C stops)")
-    sandbox.add_argument("--port", type=int, default=8080)
-    sandbox.add_argument("--orders", type=int, default=10_000)
-    sandbox.add_argument("--seed", type=int, default=1)
-    sandbox.add_argument("--client-token", help="ClientToken to accept (default: Mews demo)")
-    sandbox.add_argument("--access-token", help="AccessToken to accept (default: Mews demo)")
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve a local Mews API sandbox (Ctrl-C stops)",
+        description="Serve a generated Mews Connector API on http://127.0.0.1:PORT until "
+        "Ctrl-C, and print the environment variables that point mews-sync at it.",
+    )
+    sandbox.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: a free one)"
+    )
+    sandbox.add_argument(
+        "--orders", type=int, default=10_000, help="orders to generate (default 10000)"
+    )
+    sandbox.add_argument(
+        "--seed", type=int, default=1, help="the same seed generates the same data (default 1)"
+    )
+    sandbox.add_argument(
+        "--client-token", help="ClientToken to accept instead of Mews' public demo one"
+    )
+    sandbox.add_argument(
+        "--access-token",
+        help="AccessToken to accept (it covers every enterprise) instead of Mews' demo ones",
+    )
     status = commands.add_parser(
         "status", help="watermarks, last runs, rows per table and orders per month"
     )
@@ -113,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    loads = args.command in ("run", "backfill", "demo")
     # A nightly job on a closed network: dlt's anonymous telemetry stays off unless asked for.
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # dlt holds back a first Ctrl-C or SIGTERM during its normalize and load steps and may then
@@ -124,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.log_level)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print(f"mews-sync: {INTERRUPTED}", file=sys.stderr)
+        print(f"mews-sync: {INTERRUPTED if loads else 'interrupted.'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - turned into one sentence and an exit code
         code, sentence = explain(exc)
@@ -141,10 +189,12 @@ def stop_like_ctrl_c(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def setup_logging(level: str | None) -> None:
-    """Log on stderr at the level from the command line, else from dlt's config, else INFO."""
-    import dlt
+    """Log on stderr at the level from the command line, else from dlt's config, else INFO.
+    Reads the settings files first (without dlt): one that is not TOML is named here."""
+    from pipelines import config
 
-    level = level or str(dlt.config.get("mews_sync.log_level", str) or "INFO").upper()
+    config.check_settings_files()
+    level = level or str(config.value("mews_sync.log_level") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise MewsConfigError(f"The log level must be one of {', '.join(LOG_LEVELS)}.")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -165,6 +215,7 @@ def backfill_command(args: argparse.Namespace) -> int:
 def recorded_sync(kind: str, storage: Storage | None = None, **sync_args: Any) -> RunReport:
     """Sync (which records the run), then print the summary, failed runs' too."""
     from pipelines.mews_pipeline import sync
+    from pipelines.runs import RunReport
     from pipelines.storage import configured_storage
 
     storage = storage or configured_storage()
@@ -181,6 +232,8 @@ def recorded_sync(kind: str, storage: Storage | None = None, **sync_args: Any) -
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    import tempfile
+
     import duckdb
 
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
@@ -246,11 +299,21 @@ def refuse_unless_demo_file(database: Path) -> None:
 
 
 def sandbox_command(args: argparse.Namespace) -> int:
+    import errno
+
     from mews_sandbox.server import run_cli
 
     if args.orders < 0 or not 0 <= args.port < 65536:
         raise MewsConfigError("--orders must be >= 0 and --port between 0 and 65535.")
-    run_cli(args.port, args.orders, args.seed, args.client_token, args.access_token)
+    try:
+        run_cli(args.port, args.orders, args.seed, args.client_token, args.access_token)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        why = "is in use" if exc.errno == errno.EADDRINUSE else "needs root"
+        raise MewsConfigError(
+            f"Port {args.port} {why}: give another --port (--port 0 picks a free one)."
+        ) from None
     return EXIT_OK
 
 
@@ -268,7 +331,12 @@ def query_command(args: argparse.Namespace) -> int:
     from pipelines.status import first_line, format_table, reading
     from pipelines.storage import configured_storage
 
-    if (args.sql is None) == (args.file is None):
+    if args.sql is None and args.file is None:
+        raise MewsConfigError(
+            'Give the SQL to run, e.g. mews-sync query "select count(*) from orders_current", '
+            "or a file of it with --file."
+        )
+    if args.sql is not None and args.file is not None:
         raise MewsConfigError("Give the SQL either as an argument or with --file, not both.")
     if args.max_rows < 1:
         raise MewsConfigError("--max-rows must be at least 1.")
@@ -276,11 +344,15 @@ def query_command(args: argparse.Namespace) -> int:
         sql = args.sql if args.file is None else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         raise MewsConfigError(f"Cannot read {args.file}: {exc.strerror}.") from None
+
+    def run_query() -> tuple[list[str], list[Any]]:
+        result = reader.cursor(sql)
+        columns = [d[0] for d in result.description or []]
+        return columns, result.fetchall() if args.csv else result.fetchmany(args.max_rows + 1)
+
     with reading(configured_storage(args.path)) as reader:
         try:
-            result = reader.cursor(sql)
-            columns = [d[0] for d in result.description or []]
-            rows = result.fetchall() if args.csv else result.fetchmany(args.max_rows + 1)
+            columns, rows = interruptible(reader, run_query)
         except Exception as exc:  # noqa: BLE001 - DuckDB's or PostgreSQL's refusal of the SQL
             if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb", "psycopg2"):
                 raise
@@ -294,6 +366,34 @@ def query_command(args: argparse.Namespace) -> int:
     else:
         print(format_table(columns, rows[: args.max_rows], more=len(rows) > args.max_rows))
     return EXIT_OK
+
+
+def interruptible(reader: Reader, work: Callable[[], Any]) -> Any:
+    """`work()` (a query) in a thread of its own, so that Ctrl-C or SIGTERM stops it at once:
+    DuckDB runs a statement without letting Python handle a signal until it ends, so the main
+    thread waits, gets the KeyboardInterrupt, and interrupts the statement."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="mews-query", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        reader.interrupt()
+        thread.join(5)  # DuckDB stops within milliseconds; never wait long for it
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 COMMANDS = {

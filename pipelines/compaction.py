@@ -13,13 +13,13 @@ healed by the next. Load ids are timestamps: a later load read later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.views import existing_tables
 from sources.mews import NOTE_MARKER_COLUMN
 
 log = logging.getLogger("mews_sync")
@@ -145,16 +145,3 @@ def affected(sql_client: Any, sql: str, *args: Any) -> int:
             return int(native.rowcount)
         row = cursor.fetchone()  # DuckDB answers a DELETE with the count
         return int(row[0]) if row else 0
-
-
-def existing_tables(sql_client: Any, names: Iterable[str]) -> set[str]:
-    """Which of `names` exist in the dataset."""
-    wanted = list(names)
-    placeholders = ", ".join(["%s"] * len(wanted))
-    rows = sql_client.execute_sql(
-        "select table_name from information_schema.tables "
-        f"where table_schema = %s and table_name in ({placeholders})",
-        sql_client.dataset_name,
-        *wanted,
-    )
-    return {name for (name,) in rows or []}

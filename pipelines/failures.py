@@ -3,8 +3,11 @@ it. Shared by the command line and the run records."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from pipelines.lock import SyncBusyError
-from sources.mews.client import MewsApiError, MewsConfigError, MewsError, MewsResponseError
+from sources.errors import MewsApiError, MewsConfigError, MewsError, MewsResponseError
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -13,11 +16,7 @@ INTERRUPTED = "interrupted; the next run starts from the last completed load."
 
 def explain(exc: BaseException) -> tuple[int, str]:
     """The exit code and one safe sentence for an exception."""
-    from dlt.common.configuration.exceptions import (
-        ConfigFieldMissingException,
-        ConfigValueCannotBeCoercedException,
-    )
-
+    missing, uncoerced, unreadable = dlt_config_errors()
     for cause in causes(exc):
         if isinstance(cause, KeyboardInterrupt):  # dlt wraps one that stops a step
             return EXIT_INTERRUPTED, INTERRUPTED
@@ -31,17 +30,20 @@ def explain(exc: BaseException) -> tuple[int, str]:
             ):
                 return EXIT_REFUSED, str(cause)
             return EXIT_UNAVAILABLE, str(cause)
-        if isinstance(cause, ConfigFieldMissingException):
+        if isinstance(cause, unreadable):  # dlt's: a settings file that is not TOML
+            return EXIT_CONFIG, broken_settings_file(cause)
+        if isinstance(cause, missing):
             names = ", ".join(f"SOURCES__MEWS__{f.upper()}" for f in cause.fields)
             return EXIT_CONFIG, (
                 f"missing configuration: set {names} (environment) or put them under "
                 "[sources.mews] in .dlt/secrets.toml / .dlt/config.toml."
             )
-        if isinstance(cause, ConfigValueCannotBeCoercedException):
+        if isinstance(cause, uncoerced):
+            hint = getattr(cause.hint, "__name__", cause.hint)
+            example = "a JSON list of ids" if "list" in str(hint) else "a number"
             return EXIT_CONFIG, (
                 f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
-                f"expected {getattr(cause.hint, '__name__', cause.hint)}, e.g. a JSON list "
-                "of ids."
+                f"expected {hint}, e.g. {example}."
             )
         if "Could not set lock" in str(cause) and type(cause).__module__.startswith("duckdb"):
             # Another process opened the DuckDB file after the run's own check.
@@ -50,6 +52,39 @@ def explain(exc: BaseException) -> tuple[int, str]:
                 "close it and try again; analysts should read the analytics copy instead."
             )
     return EXIT_BUG, str(exc)
+
+
+def dlt_config_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """dlt's configuration errors (a missing value, one of the wrong type, a settings file it
+    could not read), or nothing to match when dlt was never imported (`status`, `query`): an
+    error cannot come from it then, and importing it would cost a second."""
+    if "dlt" not in sys.modules:
+        return (), (), ()
+    from dlt.common.configuration.exceptions import (
+        ConfigFieldMissingException,
+        ConfigValueCannotBeCoercedException,
+    )
+    from dlt.common.configuration.providers.toml import TomlProviderReadException
+
+    return (
+        (ConfigFieldMissingException,),
+        (ConfigValueCannotBeCoercedException,),
+        (TomlProviderReadException,),
+    )
+
+
+def broken_settings_file(error: BaseException) -> str:
+    """The sentence for a settings file dlt could not read: the file and the line, found
+    again with Python's own TOML reader (dlt's message names neither)."""
+    from pipelines.config import read_toml
+
+    for path in getattr(error, "full_paths", []):
+        try:
+            read_toml(Path(path))
+        except MewsConfigError as found:
+            return str(found)
+    first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return f"A .dlt settings file could not be read ({first}): fix it."
 
 
 def causes(exc: BaseException) -> list[BaseException]:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from sources.mews.client import MewsError
+from sources.errors import MewsError
 
 
 class SyncBusyError(MewsError):

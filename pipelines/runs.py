@@ -7,12 +7,25 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sources.mews import SourceStats
-from sources.mews.client import ClientStats
+if TYPE_CHECKING:  # not imported for `status`, which reads run records only: no dlt
+    from sources.mews import SourceStats
+    from sources.mews.client import ClientStats
 
 log = logging.getLogger("mews_sync")
+
+
+def new_client_stats() -> ClientStats:
+    from sources.mews.client import ClientStats
+
+    return ClientStats()
+
+
+def new_source_stats() -> SourceStats:
+    from sources.mews import SourceStats
+
+    return SourceStats()
 
 
 @dataclass
@@ -23,8 +36,8 @@ class RunReport:
     where: str  # the destination, as a person names it: a file path or a database URL
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
-    stats: ClientStats = field(default_factory=ClientStats)
-    read: SourceStats = field(default_factory=SourceStats)
+    stats: ClientStats = field(default_factory=new_client_stats)
+    read: SourceStats = field(default_factory=new_source_stats)
     table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
     published: str | None = None  # the analysts' copy this run published, if any
     error: str | None = None  # the one-sentence reason a failed run stopped

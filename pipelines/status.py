@@ -16,9 +16,9 @@ import duckdb
 
 from pipelines.lock import SyncBusyError, file_lock
 from pipelines.runs import read_runs
-from pipelines.storage import DATASET_NAME, PostgresStorage, Storage
+from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, damaged
 from pipelines.views import TABLES
-from sources.mews.client import MewsConfigError
+from sources.errors import MewsConfigError
 
 log = logging.getLogger("mews_sync.status")
 
@@ -29,11 +29,13 @@ CHART_WIDTH = 40
 
 class Reader:
     """Read-only SQL on the destination, tables resolving in the dataset, times in UTC:
-    `rows(sql, *params)` with %s placeholders, and `cursor(sql)` for a query's columns."""
+    `rows(sql, *params)` with %s placeholders, and `cursor(sql)` for a query's columns;
+    `interrupt()`, from another thread, stops the statement running."""
 
-    def __init__(self, execute: Any, where: str):
+    def __init__(self, execute: Any, where: str, interrupt: Any):
         self._execute = execute
         self.where = where  # what is read, for people
+        self.interrupt = interrupt
 
     def cursor(self, sql: str, *params: Any) -> Any:
         return self._execute(sql, params)
@@ -73,12 +75,14 @@ def reading_duckdb(path: Path) -> Iterator[Reader]:
         text = first_line(exc)
         if "lock" in text.lower():
             raise SyncBusyError(f"Cannot open {path} now: {text}") from None
-        raise MewsConfigError(
-            f"{path} is not a usable DuckDB file ({text}); it was left untouched."
-        ) from None
+        raise damaged(path, text) from None
     try:
         con.execute(f"set TimeZone = 'UTC'; set search_path = '{DATASET_NAME}'")
-        yield Reader(lambda sql, params: con.execute(sql.replace("%s", "?"), params), str(path))
+        yield Reader(
+            lambda sql, params: con.execute(sql.replace("%s", "?"), params),
+            str(path),
+            con.interrupt,
+        )
     finally:
         con.close()
 
@@ -100,7 +104,7 @@ def reading_postgres(storage: PostgresStorage) -> Iterator[Reader]:
             return cursor
 
         try:
-            yield Reader(execute, storage.where)
+            yield Reader(execute, storage.where, native.cancel)
         finally:
             native.rollback()
 
@@ -209,8 +213,6 @@ def watermark_lines(reader: Reader, now: datetime) -> list[str]:
 def orders_state(reader: Reader) -> dict[str, Any]:
     """The source's state of its orders resource, from the newest pipeline state dlt stored:
     the watermarks, and where the notes refresh stands."""
-    from dlt.common.versioned_state import decompress_state
-
     if not has(reader, "_dlt_pipeline_state"):
         return {}
     rows = reader.rows("select state from _dlt_pipeline_state order by created_at desc limit 1")
@@ -219,6 +221,33 @@ def orders_state(reader: Reader) -> dict[str, Any]:
     state = decompress_state(rows[0][0])
     resources = state.get("sources", {}).get(DATASET_NAME, {}).get("resources", {})
     return dict(resources.get("product_service_orders", {}))
+
+
+def decompress_state(stored: str) -> dict[str, Any]:
+    """dlt's stored pipeline state (JSON, zlib-compressed, base64), as dlt's own
+    `decompress_state` reads it but without importing dlt, so that `status` starts quickly.
+    dlt's typed values (a private-use character before their text) stay text."""
+    import base64
+    import binascii
+    import json
+    import zlib
+
+    try:
+        text = zlib.decompress(base64.b64decode(stored, validate=True))
+    except binascii.Error:
+        text = stored.encode()  # dlt also reads a state stored uncompressed
+    return untyped(json.loads(text))
+
+
+def untyped(value: Any) -> Any:
+    """`value` with dlt's type marks (U+F026 to U+F02E before the text) taken off its strings."""
+    if isinstance(value, str):
+        return value[1:] if value and 0xF026 <= ord(value[0]) <= 0xF02E else value
+    if isinstance(value, dict):
+        return {k: untyped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [untyped(v) for v in value]
+    return value
 
 
 def watermarks(reader: Reader) -> dict[str, str]:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import config
+from pipelines.config import data_dir
 from pipelines.lock import SyncBusyError, advisory_lock, file_lock
-from sources.mews.client import MewsConfigError
+from sources.errors import MewsConfigError, MewsUnavailableError
 
 PIPELINE_NAME = "mews_sync"
 DATASET_NAME = "mews"
@@ -31,13 +33,6 @@ DUCKDB_LOAD_CONFIG = {"memory_limit": "96MB", "preserve_insertion_order": False,
 RUNS_SUFFIX = ".runs.jsonl"
 LOCK_SUFFIX = ".lock"
 ANALYTICS_SUFFIX = ".analytics.duckdb"
-
-
-def data_dir() -> Path:
-    """dlt's data folder (DLT_DATA_DIR, else ~/.dlt), where mews-sync keeps working folders."""
-    from dlt.common.pipeline import get_dlt_pipelines_dir
-
-    return Path(get_dlt_pipelines_dir()).parent
 
 
 @dataclass(frozen=True)
@@ -220,8 +215,6 @@ class PostgresStorage:
         try:
             connection = psycopg2.connect(postgres_credentials().to_native_representation())
         except psycopg2.Error as exc:
-            from sources.mews.client import MewsUnavailableError
-
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MewsUnavailableError(
                 f"Cannot connect to PostgreSQL at {self.where}: {first}. Check "
@@ -260,17 +253,21 @@ Storage = DuckDbStorage | PostgresStorage
 
 def configured_storage(duckdb_file: str | None = None) -> Storage:
     """The destination from MEWS_SYNC__DESTINATION (or `destination` under [mews_sync]):
-    `duckdb` (default; the file from DESTINATION__DUCKDB__CREDENTIALS) or `postgres`."""
-    import dlt
+    `duckdb` (default; the file from DESTINATION__DUCKDB__CREDENTIALS) or `postgres`.
 
+    Read without dlt (see `pipelines.config`), so that `status` and `query` start quickly. A
+    relative path in a settings file is relative to the project folder (the one holding
+    `.dlt/`), in the environment or on the command line to the current folder.
+    """
+    analytics = config.path_setting("mews_sync.analytics_file")
     if duckdb_file:
-        return DuckDbStorage.at(duckdb_file, dlt.config.get("mews_sync.analytics_file", str))
-    kind = str(dlt.config.get("mews_sync.destination", str) or "duckdb").strip().lower()
+        return DuckDbStorage.at(duckdb_file, analytics)
+    kind = str(config.value("mews_sync.destination") or "duckdb").strip().lower()
     if kind not in DESTINATIONS:
         raise MewsConfigError(
             f"MEWS_SYNC__DESTINATION must be one of {', '.join(DESTINATIONS)}, not {kind!r}."
         )
     if kind == "postgres":
         return PostgresStorage.configured()
-    file = dlt.config.get("destination.duckdb.credentials", str) or DEFAULT_DUCKDB_FILE
-    return DuckDbStorage.at(file, dlt.config.get("mews_sync.analytics_file", str))
+    file = config.path_setting("destination.duckdb.credentials") or DEFAULT_DUCKDB_FILE
+    return DuckDbStorage.at(file, analytics)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-from pipelines.compaction import existing_tables
 
 log = logging.getLogger("mews_sync")
 
@@ -31,3 +30,16 @@ def count_rows(sql_client: Any) -> dict[str, int]:
             name = sql_client.make_qualified_table_name(table)
             ((counts[table],),) = sql_client.execute_sql(f"select count(*) from {name}")
     return counts
+
+
+def existing_tables(sql_client: Any, names: Iterable[str]) -> set[str]:
+    """Which of `names` exist in the dataset."""
+    wanted = list(names)
+    placeholders = ", ".join(["%s"] * len(wanted))
+    rows = sql_client.execute_sql(
+        "select table_name from information_schema.tables "
+        f"where table_schema = %s and table_name in ({placeholders})",
+        sql_client.dataset_name,
+        *wanted,
+    )
+    return {name for (name,) in rows or []}

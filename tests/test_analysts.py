@@ -36,8 +36,9 @@ from pipelines.runs import RunReport, read_runs
 from pipelines.status import month_start
 from pipelines.storage import DuckDbStorage
 from pipelines.views import SQL_DIR
+from sources.errors import MewsError
 from sources.mews import SourceStats
-from sources.mews.client import ClientStats, MewsError, format_utc
+from sources.mews.client import ClientStats, format_utc
 
 A_WHILE_AGO = format_utc(datetime.now(UTC).replace(microsecond=0) - timedelta(days=60))
 

@@ -1,0 +1,179 @@
+"""Every failure an operator can meet (issue 13): one sentence on stderr, the documented exit
+code, and the DuckDB file byte for byte as it was; and a command line that starts quickly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import Target, one_sentence
+
+from mews_sandbox import Sandbox
+from pipelines.cli import EXIT_CONFIG, EXIT_OK, main
+from pipelines.failures import explain
+from pipelines.storage import configured_storage
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS_PREFIXES = ("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_PROJECT_DIR")
+
+
+@pytest.fixture(scope="module")
+def synced_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB file one run synced (with its run record and analysts' copy); tests copy it."""
+    target = Target(Sandbox.generate(orders=300, seed=13), tmp_path_factory.mktemp("synced"))
+    target.sync()
+    return Path(target.database)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder with a .dlt/ folder, the current folder, and no setting from
+    the environment."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS_PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
+    folder = tmp_path / "project"
+    (folder / ".dlt").mkdir(parents=True)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# -- start-up --------------------------------------------------------------------------------
+
+
+def test_help_version_status_and_query_never_import_dlt(synced_file, tmp_path):
+    """dlt alone costs about a second to import (benchmarks/startup.py measures the rest)."""
+    database = tmp_path / "mews_sync.duckdb"
+    database.write_bytes(synced_file.read_bytes())
+    script = """
+import contextlib, io, json, sys
+from pipelines.cli import main
+codes = []
+for argv in (["--help"], ["--version"], ["status"], ["query", "select count(*) from services"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exit:
+            codes.append(exit.code)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"dlt", "httpx", "pyarrow", "pendulum"})
+print(json.dumps([codes, heavy]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+    env.update(PYTHONPATH=str(REPO), DESTINATION__DUCKDB__CREDENTIALS=str(database))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    codes, heavy = json.loads(done.stdout.splitlines()[-1])
+    assert codes == [0, 0, 0, 0]
+    assert heavy == []
+
+
+def test_version_is_the_installed_one(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == EXIT_OK
+    assert capsys.readouterr().out == f"mews-sync {version('mews-sync')}\n"
+
+
+def test_settings_read_without_dlt_are_the_ones_dlt_reads(tmp_path):
+    """The command line reads where the data goes without dlt; dlt must agree."""
+    project = tmp_path / "project"
+    (project / ".dlt").mkdir(parents=True)
+    (project / ".dlt" / "config.toml").write_text(
+        '[mews_sync]\nlog_level = "WARNING"\ndestination = "duckdb"\n'
+        '[destination.duckdb]\ncredentials = "from_config.duckdb"\n'
+    )
+    (project / ".dlt" / "secrets.toml").write_text('[mews_sync]\nlog_level = "ERROR"\n')
+    script = """
+import json, dlt
+from dlt.common.pipeline import get_dlt_pipelines_dir
+from pipelines import config
+keys = ["mews_sync.log_level", "mews_sync.destination", "destination.duckdb.credentials",
+        "mews_sync.analytics_file"]
+print(json.dumps({
+    "dlt": [dlt.config.get(k, str) for k in keys] + [get_dlt_pipelines_dir()],
+    "ours": [config.value(k) for k in keys] + [str(config.data_dir() / "pipelines")],
+}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith((*SETTINGS_PREFIXES, "DLT_"))}
+    env.update(
+        PYTHONPATH=str(REPO),
+        DLT_PROJECT_DIR=str(project),
+        MEWS_SYNC__ANALYTICS_FILE=str(tmp_path / "copy.duckdb"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["ours"] == found["dlt"]
+    assert found["ours"][:2] == ["ERROR", "duckdb"]  # secrets.toml before config.toml
+
+
+def test_a_relative_duckdb_path_in_config_toml_is_relative_to_the_project(
+    project, tmp_path, monkeypatch
+):
+    (project / ".dlt" / "config.toml").write_text(
+        '[destination.duckdb]\ncredentials = "data/hotel.duckdb"\n'
+        '[mews_sync]\nanalytics_file = "shared/hotel_copy.duckdb"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DLT_PROJECT_DIR", str(project))
+
+    storage = configured_storage()
+
+    assert storage.path == project / "data" / "hotel.duckdb"
+    assert storage.analytics_path == project / "shared" / "hotel_copy.duckdb"
+    # From the environment (or --path) a relative path stays relative to the current folder.
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", "here.duckdb")
+    assert configured_storage().path == elsewhere / "here.duckdb"
+
+
+# -- broken settings files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file", ["config.toml", "secrets.toml"])
+@pytest.mark.parametrize("command", [["run"], ["status"], ["query", "select 1"]])
+def test_a_broken_settings_file_is_exit_2_naming_the_file_and_line(
+    project, synced_file, capsys, file, command
+):
+    database = project / "mews_sync.duckdb"
+    database.write_bytes(synced_file.read_bytes())
+    broken = project / ".dlt" / file
+    broken.write_text('[sources.mews]\nplatform_url = "https://api.mews.com\nstart_date = 1\n')
+    before = files_in(project)
+
+    assert main(command) == EXIT_CONFIG
+
+    sentence = one_sentence(capsys.readouterr().err)
+    assert str(broken) in sentence and "line 2" in sentence, sentence
+    assert files_in(project) == before
+
+
+def test_dlt_failing_to_read_a_settings_file_gets_the_same_sentence(project):
+    from dlt.common.configuration.providers.toml import TomlProviderReadException
+
+    broken = project / ".dlt" / "secrets.toml"
+    broken.write_text('[sources.mews]\nclient_token = "a\n')
+    error = TomlProviderReadException(
+        "secrets.toml", "secrets.toml", [str(project / ".dlt" / "secrets.toml")], "tomlkit: ..."
+    )
+    wrapped = RuntimeError("extract failed")
+    wrapped.__cause__ = error
+    code, sentence = explain(wrapped)
+    assert code == EXIT_CONFIG
+    assert str(broken) in sentence and "line 2" in sentence
