@@ -362,9 +362,10 @@ def test_timeouts_even_for_the_least_split_the_ids_then_stop_with_one_sentence()
         list(client.service_order_notes(["o1", "o2"]))
 
     batches = [len(b["ServiceOrderIds"]) for b in fake.sent(NOTES_OPERATION)]
-    # Pages of 1000, 500, ... 15, 10, then one id (the first half): nothing less to ask for.
-    assert batches == [2] * 8 + [1] * 8
-    assert client.stats.splits == 1 and client.stats.timeouts == 16
+    # Pages of 1000, 500, ... 15, 10, then one id (the first half) with pages of 10 at once:
+    # the client remembers the page size a timeout taught it.
+    assert batches == [2] * 8 + [1]
+    assert client.stats.splits == 1 and client.stats.timeouts == 9
     assert RequestTimedOutError("x", 1).transient  # exit 4: try again later
 
 

@@ -325,6 +325,7 @@ class MewsClient:
         self._tokens = {"ClientToken": client_token.strip(), "AccessToken": access_token.strip()}
         self.client_name = client or DEFAULT_CLIENT
         self.page_size, self.timeout = page_size, timeout
+        self._page_sizes: dict[str, int] = {}  # per operation, once a 408 asked for less
         self.max_retries, self.backoff_base, self.backoff_max = (
             max_retries,
             backoff_base,
@@ -478,13 +479,15 @@ class MewsClient:
 
         The end is a null cursor or an empty page, never a short page alone: a server that
         filters after paging returns short pages mid-walk (the guideline says a short page
-        "implies" the end; it does not promise it). A 408 halves the page size for the rest
-        of the walk, down to MIN_PAGE_SIZE. With `item_schema`, a page whose items
+        "implies" the end; it does not promise it). A 408 (or a timeout) halves the page size
+        of this operation for the rest of the client's life, down to MIN_PAGE_SIZE: a server
+        that stalls on big pages would otherwise cost a timeout on every walk. With
+        `item_schema`, a page whose items
         have exactly those fields comes as an Arrow table (see `read_arrow_page`).
         """
         items_key = ITEMS_KEY[operation]
         arrow_items = (items_key, item_schema) if item_schema is not None else None
-        count, cursor = self.page_size, None
+        count, cursor = self._page_sizes.get(operation, self.page_size), None
         short = False  # the previous page had fewer items than asked for
         while True:
             limitation: dict[str, Any] = {"Count": count}
@@ -496,6 +499,7 @@ class MewsClient:
                 if count <= MIN_PAGE_SIZE:
                     raise
                 count = max(MIN_PAGE_SIZE, count // 2)
+                self._page_sizes[operation] = min(count, self._page_sizes.get(operation, count))
                 continue
             items = data.get(items_key)
             if not isinstance(items, pa.Table) and (
