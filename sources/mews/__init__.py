@@ -39,6 +39,7 @@ from .settings import (
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
     MAX_RETRIES,
+    MAX_RETRY_AFTER_SECONDS,
     MAX_WINDOW_MONTHS,
     ORDERS_PER_ITEM,
     PAGE_SIZE,
@@ -109,6 +110,7 @@ def mews_source(
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
     request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
     backfill_start: str | None = None,
     backfill_end: str | None = None,
     end_date: str | None = None,
@@ -166,6 +168,7 @@ def mews_source(
         max_retries=max_retries,
         backoff_base=backoff_seconds,
         timeout=request_timeout_seconds,
+        max_retry_after_seconds=max_retry_after_seconds,
         stats=stats,
     )
 
