@@ -243,6 +243,11 @@ def mews_source(
             refreshing = group is refreshed
             before = counts.orders
             yield from orders_in(group, window)
+            if oldest_update and not backfill:
+                progress = state.setdefault("notes_refresh", {})
+                known = progress.get("oldest")
+                if not known or oldest_update[0] < parse_state_time(known):
+                    progress["oldest"] = format_utc(oldest_update[0])
             if refreshing:
                 counts.add(refreshed_orders=counts.orders - before)
                 done_up_to(state["notes_refresh"], window[1], parse_state_time)
@@ -272,11 +277,15 @@ def mews_source(
         progress["every_days"] = refresh_every.total_seconds() / 86_400  # for `status`
         starts = [g for g, group in groups.items() if any(i in synced for i in group)]
         horizon = min(starts, default=start)
-        ranges = plan_refresh(progress, start, horizon, end, refresh_every, parse_state_time)
+        # From the oldest update loaded, not the start date: years before a hotel's first
+        # order would take their share of the period and leave the rest to fewer runs.
+        oldest = progress.get("oldest")
+        begin = max(start, parse_state_time(oldest)) if oldest else start
+        ranges = plan_refresh(progress, begin, horizon, end, refresh_every, parse_state_time)
         refreshed[:] = synced
         counts.refresh_days = refresh_every.total_seconds() / 86_400
         counts.refresh_ranges = [(format_utc(a), format_utc(b)) for a, b in ranges]
-        counts.refresh_share = sweep_share(progress, start, horizon, parse_state_time)
+        counts.refresh_share = sweep_share(progress, begin, horizon, parse_state_time)
         return [(refreshed, w) for a, b in ranges for w in walk_windows(a, b)]
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
@@ -291,10 +300,18 @@ def mews_source(
             counts.add(order_pages=1, orders=len(page))
             batch.append(to_table(page, ORDER_COLUMNS))
             if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
-                yield concat(batch)
+                yield seen(concat(batch))
                 batch = []
         if batch:
-            yield concat(batch)
+            yield seen(concat(batch))
+
+    oldest_update: list[datetime] = []  # the oldest UpdatedUtc read, where the refresh begins
+
+    def seen(orders: pa.Table) -> pa.Table:
+        first = pc.min(orders.column("updated_utc")).as_py()
+        if first is not None and (not oldest_update or first < oldest_update[0]):
+            oldest_update[:] = [first]
+        return orders
 
     @dlt.transformer(
         data_from=product_service_orders,
