@@ -375,21 +375,25 @@ def interruptible(reader: Reader, work: Callable[[], Any]) -> Any:
     import threading
 
     outcome: dict[str, Any] = {}
+    # An Event, not Thread.join: a join that a signal interrupts can wrongly say the thread
+    # has ended (Python 3.11), and the connection would then be closed under the query.
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["value"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=target, name="mews-query", daemon=True)
-    thread.start()
+    threading.Thread(target=target, name="mews-query", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         reader.interrupt()
-        thread.join(5)  # DuckDB stops within milliseconds; never wait long for it
+        done.wait(5)  # DuckDB stops within milliseconds; never wait long for it
         raise
     if "error" in outcome:
         raise outcome["error"]

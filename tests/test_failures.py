@@ -3,17 +3,22 @@ code, and the DuckDB file byte for byte as it was; and a command line that start
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import duckdb
 import pytest
 from harness import Target, one_sentence
 
 from mews_sandbox import Sandbox
-from pipelines.cli import EXIT_CONFIG, EXIT_OK, main
+from pipelines.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
 from pipelines.storage import configured_storage
 
@@ -177,3 +182,61 @@ def test_dlt_failing_to_read_a_settings_file_gets_the_same_sentence(project):
     code, sentence = explain(wrapped)
     assert code == EXIT_CONFIG
     assert str(broken) in sentence and "line 2" in sentence
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["run", "backfill", "demo", "sandbox", "status", "query"])
+def test_every_command_and_option_says_what_it_does(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == EXIT_OK
+    parser = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices[command]
+    assert parser.description or parser.format_usage()
+    assert all(action.help for action in parser._actions), command
+    if command == "run":
+        assert "watermarks" in capsys.readouterr().out
+
+
+def test_query_without_sql_says_what_to_give(project, capsys):
+    assert main(["query"]) == EXIT_CONFIG
+    assert 'e.g. mews-sync query "select' in one_sentence(capsys.readouterr().err)
+
+
+def test_a_sandbox_port_in_use_is_one_sentence(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["sandbox", "--port", str(port), "--orders", "0"]) == EXIT_CONFIG
+    sentence = one_sentence(capsys.readouterr().err)
+    assert f"Port {port} is in use" in sentence and "--port 0" in sentence
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_long_query_stops_at_once_on_ctrl_c_and_sigterm(tmp_path, stop):
+    database = tmp_path / "mews_sync.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("create schema mews")
+    before = database.read_bytes()
+    endless = "select sum(a.range * b.range) from range(1000000) a, range(1000000) b"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "query", "--path", str(database), endless],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.5)  # started (about 0.5 s) and well into the query
+    assert process.poll() is None, process.communicate()
+    stopped_at = time.monotonic()
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=30)
+    assert time.monotonic() - stopped_at < 3
+    assert process.returncode == EXIT_INTERRUPTED
+    assert one_sentence(stderr) == "mews-sync: interrupted."
+    assert database.read_bytes() == before
