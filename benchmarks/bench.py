@@ -2,27 +2,47 @@
 
     python benchmarks/bench.py                      # 200,000 and 1,000,000 orders (long)
     python benchmarks/bench.py --orders 200000 --repeats 3 --rate-limited 200000
+    python benchmarks/bench.py --orders 200000 --no-postgres
 
 For each size it serves a generated sandbox from a separate process, then runs, side by side
 and each in a fresh process (so CPU and peak RSS are the scenario's own):
-  bare      an httpx loop making the pipeline's requests and only JSON-decoding the answers
-  pipeline  the first `sync("run")`: the real source into a fresh DuckDB file
-  naive     dlt with lists of dicts and the default loader, the same requests
-  nightly   then 1% of the orders change, and the incremental `sync("run")` of the next day
+  bare               an httpx loop making the pipeline's requests and only JSON-decoding the
+                     answers: the floor
+  pipeline           the first `sync("run")`: the real source into a fresh DuckDB file; the
+                     time its `publish()` of the analysts' copy took is reported apart
+  pipeline-postgres  the same into a fresh PostgreSQL database (the server's CPU is measured
+                     from /proc: the postmaster, its children and the children it reaped)
+  naive              dlt with lists of dicts and the default loader, the same requests
+  norefresh, refresh no change, the incremental run one simulated day later, with the notes
+                     refresh off and at its default (7 days: 1/7 of the history re-read)
+  cycle              no change, the incremental run 7 simulated days later: one whole refresh
+                     cycle, every stored order re-read once (a day's refresh on average = 1/7)
+  cli                `python -m pipelines.cli run` with no change, after a first sync by the
+                     same command: process start-up included
+  nightly, nightly-postgres
+                     then 1% of the orders change, and the incremental run of the next day,
+                     on each first sync's file or database
 and, with --rate-limited, a backfill against a sandbox enforcing 200 requests / 30 s with
 50 ms latency, compared with its floor (requests x 30 / 200 s).
+
+PostgreSQL: the server in MEWS_SYNC_TEST_POSTGRES, else a throwaway cluster started by the
+tests' helper (tests/postgres_server.py); --no-postgres leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +55,16 @@ ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)  # the sandbox's "now": data never new
 START = "2021-01-01T00:00:00Z"
 END = "2026-01-01T00:00:00Z"  # the first sync's end
 NIGHTLY_END = "2026-01-02T00:00:00Z"  # the nightly sync's end
+CYCLE_END = "2026-01-08T00:00:00Z"  # 7 days on: one whole cycle of the notes refresh
+CLI_RUNS = 3  # no-change runs of the command line, after its first sync
+# Each scenario of the pipeline: (its end_date, notes_refresh_days or None for the default).
+SYNCS = {
+    "pipeline": (END, None),
+    "nightly": (NIGHTLY_END, None),
+    "norefresh": (NIGHTLY_END, 0),
+    "refresh": (NIGHTLY_END, None),
+    "cycle": (CYCLE_END, None),
+}
 
 
 # -- the sandbox process ---------------------------------------------------------------------
@@ -82,32 +112,55 @@ def requests_by_operation(sandbox: Any) -> dict[str, int]:
 
 
 def scenario(name: str, url: str, database: str, workdir: str, rate_limited: bool) -> dict:
+    """Run one scenario; `database` is the DuckDB file, or the PostgreSQL database's URL."""
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
 
     tokens = {"client_token": DEMO_CLIENT_TOKEN, "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN}
+    result: dict[str, Any] = {}
     started = time.perf_counter()
     if name == "bare":
         rows = bare_fetch(url, DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN)
-    elif name in ("pipeline", "nightly"):
+    elif name.removesuffix("-postgres") in SYNCS:
         from pipelines.mews_pipeline import sync
-        from pipelines.storage import DuckDbStorage
+        from pipelines.storage import DuckDbStorage, PostgresStorage, Storage
 
+        storage: Storage
+        if name.endswith("-postgres"):
+            os.environ["DESTINATION__POSTGRES__CREDENTIALS"] = database  # as an operator would
+            storage = PostgresStorage.configured()
+        else:
+
+            class TimedDuckDbStorage(DuckDbStorage):
+                def publish(self) -> str:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    try:
+                        return super().publish()
+                    finally:
+                        result["publish_s"] = time.perf_counter() - wall
+                        result["publish_cpu"] = time.process_time() - cpu
+
+            storage = TimedDuckDbStorage.at(database)
+        end, refresh_days = SYNCS[name.removesuffix("-postgres")]
         report = sync(
             "run",
-            storage=DuckDbStorage.at(database),
+            storage=storage,
             pipelines_dir=workdir,
             platform_url=url,
             start_date=START,
-            end_date=END if name == "pipeline" else NIGHTLY_END,
+            end_date=end,
             rate_limit_requests=200 if rate_limited else 0,
+            **({} if refresh_days is None else {"notes_refresh_days": refresh_days}),
             **tokens,
         )
         rows = report.read.orders + report.read.notes
+        result["refreshed_orders"] = report.read.refreshed_orders
+        if isinstance(storage, DuckDbStorage):
+            result["file_mb"] = storage.path.stat().st_size / 2**20
     elif name == "naive":
         rows = naive_dlt(url, database, workdir, tokens)
     else:
         raise SystemExit(f"unknown scenario {name}")
-    return {"wall": time.perf_counter() - started, "rows": rows}
+    return {"wall": time.perf_counter() - started, "rows": rows, **result}
 
 
 def bare_fetch(url: str, client_token: str, access_token: str) -> int:
@@ -196,8 +249,33 @@ def naive_dlt(url: str, database: str, workdir: str, tokens: dict[str, str]) -> 
 # -- the driver ------------------------------------------------------------------------------
 
 
-def measure(name: str, url: str, folder: Path, rate_limited: bool = False) -> dict:
-    """Run one scenario in a fresh process; its own CPU and peak RSS come from wait4."""
+def run_process(command: list[str], env: dict[str, str], cwd: Path | None = None) -> dict:
+    """Run a command in a fresh process: its wall time (start-up included), its own CPU and
+    peak RSS (from wait4), and what it printed."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=cwd, text=True)
+    assert child.stdout is not None
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    return {
+        "process_wall": time.perf_counter() - started,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "status": status,
+        "output": output,
+    }
+
+
+def measure(
+    name: str,
+    url: str,
+    folder: Path,
+    rate_limited: bool = False,
+    database: str | None = None,
+    server: int | None = None,
+) -> dict:
+    """Run one scenario in a fresh process; its own CPU and peak RSS come from wait4. With
+    `server` (the postmaster's pid), the PostgreSQL server's CPU meanwhile too."""
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -205,20 +283,138 @@ def measure(name: str, url: str, folder: Path, rate_limited: bool = False) -> di
         "scenario",
         name,
         url,
-        str(folder / "bench.duckdb"),
+        database or str(folder / "bench.duckdb"),
         str(folder / "dlt"),
         "1" if rate_limited else "0",
     ]
-    env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false", "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
-    assert child.stdout is not None
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"scenario {name} failed (status {status})")
-    result = json.loads(output.strip().splitlines()[-1])
-    result.update(cpu=usage.ru_utime + usage.ru_stime, rss_mb=usage.ru_maxrss / 1024)
+    env = {
+        **os.environ,
+        "RUNTIME__DLTHUB_TELEMETRY": "false",
+        "PYTHONPATH": str(REPO),
+        "DLT_DATA_DIR": str(folder / "dlt_data"),  # run records of a PostgreSQL destination
+    }
+    server_before = process_tree_cpu(server) if server else None
+    done = run_process(command, env)
+    if done["status"] != 0:
+        raise SystemExit(f"scenario {name} failed (status {done['status']})")
+    result = json.loads(done["output"].strip().splitlines()[-1])
+    result.update(cpu=done["cpu"], rss_mb=done["rss_mb"])
+    if server and server_before is not None:
+        time.sleep(1)  # the run's backends exit after it and are reaped by the postmaster
+        after = process_tree_cpu(server)
+        result["server_cpu"] = after - server_before if after is not None else None
     return result
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def postgres_helper() -> Any:
+    """The tests' throwaway-PostgreSQL helper, tests/postgres_server.py (not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "postgres_server", REPO / "tests" / "postgres_server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def postgres_server(wanted: bool) -> Iterator[str | None]:
+    """The URL of a superuser on a PostgreSQL server (the tests'), or None without one."""
+    if not wanted:
+        yield None
+        return
+    with postgres_helper().running_server() as url:
+        yield url
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The server's postmaster, as the parent of a backend; None if it is not on this machine
+    (then its CPU is not counted)."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(url)) as connection, connection.cursor() as cursor:
+        cursor.execute("select pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+        try:
+            return int(stat_fields(backend)[1])
+        except OSError:
+            return None
+
+
+def stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command's name: [state, ppid, ..., utime (11), stime (12),
+    cutime (13), cstime (14), ...]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds of a process, its live children and the children it has reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        total = sum(int(f) for f in stat_fields(pid)[11:15])
+    except OSError:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pid:
+            continue
+        try:
+            fields = stat_fields(entry)
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def database_mb(url: str) -> float:
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(url)) as connection, connection.cursor() as cursor:
+        cursor.execute("select pg_database_size(current_database())")
+        (size,) = cursor.fetchone()
+    return size / 2**20
+
+
+# -- the command line, start-up included -----------------------------------------------------
+
+
+def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[dict], dict]:
+    """`python -m pipelines.cli run` as a scheduler starts it, from a folder of its own with
+    the settings in the environment: a first sync, then `runs` runs with no change. Returns
+    those runs and the requests of the last."""
+    from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
+
+    url = sandbox.url
+
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_"))
+    }
+    env.update(
+        PYTHONPATH=str(REPO),
+        DLT_DATA_DIR=str(folder / "dlt_data"),
+        DESTINATION__DUCKDB__CREDENTIALS=str(folder / "cli.duckdb"),
+        SOURCES__MEWS__PLATFORM_URL=url,
+        SOURCES__MEWS__CLIENT_TOKEN=DEMO_CLIENT_TOKEN,
+        SOURCES__MEWS__ACCESS_TOKEN=DEMO_PORTFOLIO_ACCESS_TOKEN,
+        SOURCES__MEWS__START_DATE=START,
+        SOURCES__MEWS__RATE_LIMIT_REQUESTS="0",
+        MEWS_SYNC__LOG_LEVEL="WARNING",
+    )
+    command = [sys.executable, "-m", "pipelines.cli", "run"]
+    results = []
+    for _ in range(runs + 1):
+        done = run_process(command, env, cwd=folder)
+        if done["status"] != 0:
+            raise SystemExit(f"mews-sync run failed (status {done['status']}):\n{done['output']}")
+        results.append(done)
+        requests = sandbox.requests()
+    return results[1:], requests
 
 
 class SandboxProcess:
@@ -256,24 +452,40 @@ class SandboxProcess:
         self.process.wait(timeout=60)
 
 
-def row(label: str, results: list[dict], requests: dict[str, int]) -> str:
-    wall = statistics.median(r["wall"] for r in results)
-    cpu = statistics.median(r["cpu"] for r in results)
-    rss = statistics.median(r["rss_mb"] for r in results)
-    rows = results[0]["rows"]
+def median(results: list[dict], key: str) -> float | None:
+    values = [r[key] for r in results if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def row(label: str, results: list[dict], requests: dict[str, int], wall_key: str = "wall") -> str:
+    wall = median(results, wall_key) or 0.0
+    cpu = median(results, "cpu") or 0.0
+    rss = median(results, "rss_mb") or 0.0
+    server = median(results, "server_cpu")
+    rows = results[0].get("rows")
     total = sum(requests.values())
     return (
-        f"| {label} | {wall:.1f} | {cpu:.1f} | {rss:.0f} | {rows / wall:,.0f} | {rows:,} | "
-        f"{total} |"
+        f"| {label} | {wall:.1f} | {cpu:.1f} | {'-' if server is None else f'{server:.1f}'} | "
+        f"{rss:.0f} | {f'{rows / wall:,.0f}' if rows else '-'} | "
+        f"{'-' if rows is None else f'{rows:,}'} | {total} |"
     )
 
 
-def bench_size(orders: int, repeats: int, naive: bool, folder: Path) -> list[str]:
+def bench_size(
+    orders: int, repeats: int, naive: bool, folder: Path, postgres: str | None
+) -> list[str]:
     sandbox = SandboxProcess(orders)
-    names = ["bare", "pipeline"] + (["naive"] if naive else [])
+    helper = postgres_helper() if postgres else None
+    server = postmaster_pid(postgres) if postgres else None
+    names = ["bare", "pipeline"] + (["pipeline-postgres"] if postgres else [])
+    names += ["naive"] if naive else []
     results: dict[str, list[dict]] = {n: [] for n in names}
     requests: dict[str, dict[str, int]] = {}
-    nightly: list[dict] = []
+    databases: list[tuple[str, str]] = []  # (name, URL) of each first sync into PostgreSQL
+    refresh = ("norefresh", "refresh", "cycle")
+    nightly = ["nightly"] + (["nightly-postgres"] if postgres else [])
+    results.update({n: [] for n in (*refresh, *nightly)})
+    load = [os.getloadavg()[0]]
     try:
         measure("bare", sandbox.url, folder / "warm-up")  # the sandbox caches each order's JSON
         sandbox.requests()
@@ -281,27 +493,145 @@ def bench_size(orders: int, repeats: int, naive: bool, folder: Path) -> list[str
             # Interleaved, so drift on a noisy machine hits all alike; the slow naive baseline
             # runs once.
             for name in names if repeat == 0 else [n for n in names if n != "naive"]:
-                results[name].append(measure(name, sandbox.url, folder / f"{name}{repeat}"))
+                if name == "pipeline-postgres":
+                    assert helper is not None and postgres is not None
+                    databases.append(helper.create_database(postgres))
+                    result = measure(
+                        name,
+                        sandbox.url,
+                        folder / f"{name}{repeat}",
+                        database=databases[-1][1],
+                        server=server,
+                    )
+                    result["database_mb"] = database_mb(databases[-1][1])
+                else:
+                    result = measure(name, sandbox.url, folder / f"{name}{repeat}")
+                results[name].append(result)
                 requests[name] = sandbox.requests()
-        # Last, since it changes the data: 1% of the orders change, then the nightly run.
+        # No change yet: the incremental runs with and without the notes refresh, each on a
+        # copy of a first sync (the copy's analysts' file is left out: publish replaces it).
+        for repeat in range(repeats):
+            for name in refresh:
+                copy = folder / f"{name}{repeat}"
+                shutil.copytree(
+                    folder / f"pipeline{repeat}",
+                    copy,
+                    ignore=shutil.ignore_patterns("*.analytics.duckdb"),
+                )
+                results[name].append(measure(name, sandbox.url, copy))
+                requests[name] = sandbox.requests()
+                shutil.rmtree(copy)
+        cli, requests["cli"] = bench_cli(sandbox, folder / "cli", CLI_RUNS)
+        shutil.rmtree(folder / "cli")
+        # Last, since it changes the data: 1% of the orders change, then the nightly run on
+        # each first sync.
         sandbox.ask(f"mutate {orders // 100}")
-        nightly.append(measure("nightly", sandbox.url, folder / f"pipeline{repeats - 1}"))
-        requests["nightly"] = sandbox.requests()
+        for repeat in range(repeats):
+            results["nightly"].append(measure("nightly", sandbox.url, folder / f"pipeline{repeat}"))
+            requests["nightly"] = sandbox.requests()
+            if postgres:
+                results["nightly-postgres"].append(
+                    measure(
+                        "nightly-postgres",
+                        sandbox.url,
+                        folder / f"pipeline-postgres{repeat}",
+                        database=databases[repeat][1],
+                        server=server,
+                    )
+                )
+                requests["nightly-postgres"] = sandbox.requests()
     finally:
         sandbox.close()
+        if helper is not None and postgres is not None:
+            for name, _ in databases:
+                helper.drop_database(postgres, name)
+    load.append(os.getloadavg()[0])
+    return report_size(orders, repeats, naive, results, requests, cli, server, load)
+
+
+def report_size(
+    orders: int,
+    repeats: int,
+    naive: bool,
+    results: dict[str, list[dict]],
+    requests: dict[str, dict[str, int]],
+    cli: list[dict],
+    server: int | None,
+    load: list[float],
+) -> list[str]:
+    changed = orders // 100
+    labels = {
+        "bare": "bare (floor)",
+        "pipeline": "pipeline (DuckDB)",
+        "pipeline-postgres": "pipeline-postgres",
+        "naive": "naive dlt (once)",
+        "norefresh": "no change, next day, refresh off",
+        "refresh": "no change, next day, refresh 7 days",
+        "cycle": "no change, 7 days on: a whole refresh cycle",
+        "nightly": f"nightly (DuckDB), {changed:,} changed",
+        "nightly-postgres": f"nightly-postgres, {changed:,} changed",
+    }
     lines = [
-        f"\n### {orders:,} orders (median of {repeats})\n",
-        "| scenario | wall s | CPU s | peak RSS MB | rows/s | rows (orders+notes) | requests |",
-        "|---|---|---|---|---|---|---|",
+        f"\n### {orders:,} orders (median of {repeats}; load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after)\n",
+        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders+notes) "
+        "| requests |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in names:
-        lines.append(row(name, results[name], requests[name]))
-    lines.append(row(f"nightly, {orders // 100:,} changed", nightly, requests["nightly"]))
-    cpu = {n: statistics.median(r["cpu"] for r in results[n]) for n in names}
+    for name, label in labels.items():
+        if results.get(name):
+            lines.append(row(label, results[name], requests[name]))
+    for result in cli:
+        result["rows"] = None
+    lines.append(
+        row(
+            f"`python -m pipelines.cli run`, no change (median of {len(cli)})",
+            cli,
+            requests["cli"],
+            wall_key="process_wall",
+        )
+    )
+    cpu = {n: median(r, "cpu") or 0.0 for n, r in results.items() if r}
+    lines.append(
+        "\nwall s is timed inside the scenario's process (imports included, not Python's "
+        "start-up), "
+        "the command line's from outside; CPU s and peak RSS are the scenario's process"
+        + (
+            ""
+            if "pipeline-postgres" not in results
+            else "; server CPU s is PostgreSQL's (postmaster, its children and the children it "
+            "reaped, from /proc)"
+            if server
+            else "; PostgreSQL's own CPU is not counted (the server is not on this machine)"
+        )
+    )
     lines.append(f"\npipeline CPU / bare CPU = {cpu['pipeline'] / cpu['bare']:.2f}")
+    if "pipeline-postgres" in cpu:
+        total = cpu["pipeline-postgres"] + (median(results["pipeline-postgres"], "server_cpu") or 0)
+        lines.append(
+            f"pipeline-postgres CPU / bare CPU = {cpu['pipeline-postgres'] / cpu['bare']:.2f} "
+            f"(with the server's: {total / cpu['bare']:.2f}); database "
+            f"{median(results['pipeline-postgres'], 'database_mb'):.0f} MB"
+        )
     if naive:
         lines.append(f"naive CPU / pipeline CPU = {cpu['naive'] / cpu['pipeline']:.2f}")
-    for name in ("pipeline", "nightly"):
+    for name in ("pipeline", "nightly", "refresh", "cycle"):
+        published = results[name]
+        lines.append(
+            f"publish() in {name}: {median(published, 'publish_s'):.2f} s wall, "
+            f"{median(published, 'publish_cpu'):.2f} s CPU, DuckDB file "
+            f"{median(published, 'file_mb'):.0f} MB"
+        )
+    for name in ("refresh", "cycle"):
+        extra_cpu = cpu[name] - cpu["norefresh"]
+        extra_requests = sum(requests[name].values()) - sum(requests["norefresh"].values())
+        days = 7 if name == "cycle" else 1
+        lines.append(
+            f"refresh over {days} day(s) ({name} - norefresh): {extra_requests} requests, "
+            f"{extra_cpu:.1f} s CPU, {median(results[name], 'refreshed_orders'):,.0f} orders "
+            f"re-read; per day {extra_requests / days:.0f} requests, {extra_cpu / days:.2f} s CPU"
+        )
+    for name in ("pipeline", "norefresh", "refresh", "cycle", "cli", "nightly"):
         lines.append(f"{name} requests: {json.dumps(requests[name])}")
     return lines
 
@@ -340,6 +670,13 @@ def main() -> None:
         metavar="ORDERS",
         help="also run the rate-limited scenario with this many orders",
     )
+    parser.add_argument(
+        "--postgres",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also load into PostgreSQL (default; MEWS_SYNC_TEST_POSTGRES, else a throwaway "
+        "server)",
+    )
     args = parser.parse_args()
     import platform
 
@@ -347,12 +684,12 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
     ]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, postgres_server(args.postgres) as postgres:
         for orders in args.orders:
             repeats = args.repeats if orders <= 200_000 else 1
-            lines += bench_size(
-                orders, repeats, orders <= args.naive_max_orders, Path(tmp) / str(orders)
-            )
+            folder = Path(tmp) / str(orders)
+            lines += bench_size(orders, repeats, orders <= args.naive_max_orders, folder, postgres)
+            shutil.rmtree(folder)
             print("\n".join(lines), flush=True)
         if args.rate_limited:
             lines += bench_rate_limited(args.rate_limited, Path(tmp) / "rate")
