@@ -45,6 +45,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
                 f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
                 f"expected {hint}, e.g. {example}."
             )
+        if "Could not read enough bytes from file" in str(cause):  # DuckDB's, mid-query
+            return EXIT_CONFIG, truncated_file(str(cause))
         if "Could not set lock" in str(cause) and type(cause).__module__.startswith("duckdb"):
             # Another process opened the DuckDB file after the run's own check.
             return EXIT_BUSY, (
@@ -85,6 +87,18 @@ def broken_settings_file(error: BaseException) -> str:
             return str(found)
     first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return f"A .dlt settings file could not be read ({first}): fix it."
+
+
+def truncated_file(message: str) -> str:
+    """The sentence for a DuckDB file that ended before a block a query read (the checks
+    before a run or a read find most such files first)."""
+    import re
+
+    from pipelines.storage import damaged
+
+    found = re.search(r'from file "([^"]+)"', message)
+    path = Path(found.group(1)) if found else Path("The DuckDB file")
+    return str(damaged(path, "truncated: a block it needs is missing"))
 
 
 def causes(exc: BaseException) -> list[BaseException]:

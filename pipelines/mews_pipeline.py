@@ -73,6 +73,7 @@ def sync(
     source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
     # Called once before anything is locked or written: its configuration errors come first.
     source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+    storage.check()  # a folder it cannot write: nothing written, not even the run record
     started = time.monotonic()
     try:
         with storage.lock(), Progress(report.read, report.stats):

@@ -16,7 +16,7 @@ import duckdb
 
 from pipelines.lock import SyncBusyError, file_lock
 from pipelines.runs import read_runs
-from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, damaged
+from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, check_whole, damaged
 from pipelines.views import TABLES
 from sources.errors import MewsConfigError
 
@@ -77,6 +77,7 @@ def reading_duckdb(path: Path) -> Iterator[Reader]:
             raise SyncBusyError(f"Cannot open {path} now: {text}") from None
         raise damaged(path, text) from None
     try:
+        check_whole(con, path)
         con.execute(f"set TimeZone = 'UTC'; set search_path = '{DATASET_NAME}'")
         yield Reader(
             lambda sql, params: con.execute(sql.replace("%s", "?"), params),

@@ -87,9 +87,9 @@ class DuckDbStorage:
         credentials = DuckDbCredentials(str(self.path), global_config=DUCKDB_LOAD_CONFIG)
         return dlt.destinations.duckdb(credentials=credentials)
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """The run's lock beside the file, then a check that the file can be written."""
+    def check(self) -> None:
+        """Raise a configuration error if the file's folder cannot take it (nor its lock file
+        and run records); checked before anything is written."""
         folder = self.path.parent
         if not folder.is_dir():
             raise MewsConfigError(
@@ -101,6 +101,11 @@ class DuckDbStorage:
                 f"The folder {folder} of the DuckDB file is not writable by this user: make it "
                 "writable, or point DESTINATION__DUCKDB__CREDENTIALS elsewhere."
             )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The run's lock beside the file, then a check that the file can be written."""
+        self.check()
         busy = (
             f"Another mews-sync run is using {self.path} (or a query is reading it); wait "
             "for it to finish."
@@ -150,7 +155,8 @@ def check_duckdb_file(path: Path) -> None:
     try:
         # Read-only first: on a file that is not DuckDB's, opening it for writing could
         # write to it.
-        duckdb.connect(str(path), read_only=True).close()
+        with duckdb.connect(str(path), read_only=True) as con:
+            check_whole(con, path)
         duckdb.connect(str(path), config={"threads": 1}).close()  # nobody else has it open
     except duckdb.Error as exc:
         text = str(exc)
@@ -161,6 +167,34 @@ def check_duckdb_file(path: Path) -> None:
                 "instead."
             ) from None
         raise damaged(path, text.strip().splitlines()[0]) from None
+
+
+# A DuckDB file: three 4 KiB headers, then its blocks, each of the block size.
+DUCKDB_HEADERS_BYTES = 3 * 4096
+
+
+def check_whole(con: Any, path: Path) -> None:
+    """Raise if the DuckDB file open on `con` ends before a block its tables are stored in
+    (truncated: DuckDB opens it, and fails only when a query reaches a missing block). Reads
+    only the tables' storage metadata (some 30 ms)."""
+    ((block_size,),) = con.execute(
+        "select block_size from pragma_database_size() where database_name = current_database()"
+    ).fetchall()
+    tables = con.execute(
+        "select schema_name, table_name from duckdb_tables() "
+        "where database_name = current_database()"
+    ).fetchall()
+    last = -1
+    for schema, table in tables:
+        ((block,),) = con.execute(
+            "select max(block_id) from pragma_storage_info(?) where persistent",
+            [f'"{schema}"."{table}"'],
+        ).fetchall()
+        last = max(last, -1 if block is None else block)
+    needed = DUCKDB_HEADERS_BYTES + block_size * (last + 1)
+    size = path.stat().st_size
+    if size < needed:
+        raise damaged(path, f"truncated: {size:,} bytes, its tables need {needed:,}")
 
 
 def damaged(path: Path, why: str) -> MewsConfigError:
@@ -193,6 +227,9 @@ class PostgresStorage:
     @property
     def where(self) -> str:  # never the password
         return f"postgresql://{self.username}@{self.host}:{self.port}/{self.database}"
+
+    def check(self) -> None:
+        """Nothing to check before connecting: the lock says whether the server is there."""
 
     def working_dir(self) -> Path:
         digest = hashlib.sha256(f"{self.where}/{DATASET_NAME}".encode()).hexdigest()[:10]

@@ -240,3 +240,121 @@ def test_a_long_query_stops_at_once_on_ctrl_c_and_sigterm(tmp_path, stop):
     assert process.returncode == EXIT_INTERRUPTED
     assert one_sentence(stderr) == "mews-sync: interrupted."
     assert database.read_bytes() == before
+
+
+# -- a DuckDB file that cannot be used, a folder that cannot be written ----------------------
+
+
+@pytest.fixture
+def run_settings(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Settings for `mews-sync run` in the environment, as an operator sets them; nothing
+    listens at the URL (every test here stops before the first request). The DuckDB file."""
+    database = project / "mews_sync.duckdb"
+    for name, value in {
+        "SOURCES__MEWS__PLATFORM_URL": "http://127.0.0.1:9",
+        "SOURCES__MEWS__CLIENT_TOKEN": "CT-test",
+        "SOURCES__MEWS__ACCESS_TOKEN": "AT-test",
+        "DESTINATION__DUCKDB__CREDENTIALS": str(database),
+    }.items():
+        monkeypatch.setenv(name, value)
+    return database
+
+
+def damaged_files(synced: Path) -> dict[str, bytes]:
+    data = synced.read_bytes()
+    return {
+        "garbage": b"SQLite format 3\x00" + bytes(range(256)) * 40,
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "header only": data[:4096],
+    }
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "header only"])
+@pytest.mark.parametrize("command", [["run"], ["status"], ["query", "select 1"]])
+def test_a_damaged_duckdb_file_is_named_and_left_untouched(
+    run_settings, synced_file, capsys, kind, command
+):
+    database = run_settings
+    database.write_bytes(damaged_files(synced_file)[kind])
+    before = database.read_bytes()
+
+    assert main(command) == EXIT_CONFIG
+
+    sentence = one_sentence(capsys.readouterr().err)
+    assert f"{database} is not a usable DuckDB file" in sentence, sentence
+    assert "move it aside or restore it from a backup" in sentence
+    assert database.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("SOURCES__MEWS__START_DATE", "last tuesday", "START_DATE"),
+        ("SOURCES__MEWS__PLATFORM_URL", "api.mews.com", "PLATFORM_URL"),
+    ],
+)
+def test_a_failed_configuration_check_leaves_nothing_behind(
+    run_settings, synced_file, capsys, monkeypatch, setting, value, words
+):
+    """No lock file, no run record, no dlt working folder: nothing is read or written."""
+    database = run_settings
+    database.write_bytes(synced_file.read_bytes())
+    monkeypatch.setenv(setting, value)
+    folder = database.parent
+    before = files_in(folder)
+
+    assert main(["run"]) == EXIT_CONFIG
+
+    assert words in one_sentence(capsys.readouterr().err)
+    assert files_in(folder) == before
+    assert not (folder.parent / "dlt_data").exists()
+
+
+def test_a_duckdb_file_in_a_folder_this_user_cannot_write_is_one_sentence(synced_file, tmp_path):
+    """Exit 2 naming the folder, and nothing written, not even the run record. Root may write
+    anywhere: as root the run goes without the capabilities that allow it."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    database = folder / "mews_sync.duckdb"
+    database.write_bytes(synced_file.read_bytes())
+    folder.chmod(0o555)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+    env.update(
+        PYTHONPATH=str(REPO),
+        DLT_DATA_DIR=str(tmp_path / "dlt_data"),
+        SOURCES__MEWS__PLATFORM_URL="http://127.0.0.1:9",
+        SOURCES__MEWS__CLIENT_TOKEN="CT-test",
+        SOURCES__MEWS__ACCESS_TOKEN="AT-test",
+        DESTINATION__DUCKDB__CREDENTIALS=str(database),
+    )
+    as_a_user = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        as_a_user = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    before = files_in(folder)
+    done = subprocess.run(
+        [*as_a_user, sys.executable, "-m", "pipelines.cli", "run"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    folder.chmod(0o755)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    sentence = one_sentence(done.stderr)
+    assert f"The folder {folder} of the DuckDB file is not writable" in sentence
+    assert files_in(folder) == before
+
+
+def test_a_block_missing_mid_query_is_a_damaged_file_too():
+    error = duckdb.IOException(
+        'IO Error: Could not read enough bytes from file "/srv/mews/mews_sync.duckdb": '
+        "attempted to read 262144 bytes from location 2895872"
+    )
+    wrapped = RuntimeError("load failed")
+    wrapped.__cause__ = error
+    code, sentence = explain(wrapped)
+    assert code == EXIT_CONFIG
+    assert sentence.startswith("/srv/mews/mews_sync.duckdb is not a usable DuckDB file")
