@@ -26,6 +26,22 @@ def lagging_sandbox(orders: int, seed: int) -> Sandbox:
     return sandbox
 
 
+class FakeClock:
+    """Time that passes only when someone sleeps: for the client's and limiter's `clock` and
+    `sleep`, so that tests of waiting take no time and always wait alike."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def one_sentence(stderr: str) -> str:
     """The single line an expected failure prints; fails on a traceback or several lines."""
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pyarrow as pa
 import pytest
+from harness import FakeClock
 
 from sources.mews import check_ids, group_by_start, parse_utc, walk_windows
 from sources.mews.client import (
@@ -17,19 +18,6 @@ from sources.mews.client import (
     retry_after_seconds,
 )
 from sources.mews.tables import NOTE_COLUMNS, ORDER_COLUMNS, raw_schema, to_table
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_limiter_never_allows_more_than_the_window_holds():

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pendulum
 import pytest
+from harness import FakeClock
 
 from sources.mews.client import (
     ClientStats,
@@ -104,21 +105,6 @@ def interval_of(body: dict[str, Any]) -> tuple[datetime, datetime]:
 
 def daily_orders(start: datetime, days: int) -> list[tuple[str, datetime]]:
     return [(f"o{day}", start + timedelta(days=day, hours=7)) for day in range(days)]
-
-
-class FakeClock:
-    """Time that passes only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def client_for(fake: FakeMews, clock: FakeClock | None = None, **options: Any) -> MewsClient:
