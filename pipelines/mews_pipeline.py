@@ -17,7 +17,7 @@ from typing import Any
 import dlt
 
 from pipelines.compaction import ROW_ID, compact, load_by_appending
-from pipelines.failures import EXIT_OK, run_error
+from pipelines.failures import EXIT_CONFIG, EXIT_OK, run_error
 from pipelines.progress import Progress
 from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, PIPELINE_NAME, Storage, configured_storage
@@ -60,8 +60,9 @@ def sync(
 
     `storage` defaults to the configured destination (`configured_storage()`); `source_args`
     go to `mews_source` (with `backfill_start`/`backfill_end` for a backfill). Pass a
-    `report` to keep what a failed run counted before it stopped. A configuration error is
-    raised before anything is read or written.
+    `report` to keep what a failed run counted before it stopped. A configuration error
+    (configured services Mews does not list included) is raised before anything is locked or
+    written, and leaves no run record.
     """
     storage = storage or configured_storage()
     report = report or RunReport(kind=kind, where=storage.where)
@@ -71,19 +72,24 @@ def sync(
     )
     # Every step of this run ends at the same moment.
     source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
-    # Called once before anything is locked or written: its configuration errors come first.
-    source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
-    storage.check()  # a folder it cannot write: nothing written, not even the run record
     started = time.monotonic()
+    locked = False
     try:
+        # Made once before anything is locked or written: its configuration errors come
+        # first (configured services are checked against Mews then).
+        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+        storage.check()  # a folder it cannot write
         with storage.lock(), Progress(report.read, report.stats):
+            locked = True
             pipeline = build_pipeline(storage, pipeline_name, pipelines_dir)
             load(pipeline, source, kind == "backfill", source_args, report)
             report.published = storage.publish()
     except BaseException as exc:
         report.seconds = time.monotonic() - started
-        code, report.error = run_error(exc)
-        record_run(storage.runs_path, report, code)
+        code, error = run_error(exc)
+        if locked or code != EXIT_CONFIG:  # a configuration error leaves nothing behind
+            report.error = error
+            record_run(storage.runs_path, report, code)
         raise
     report.seconds = time.monotonic() - started
     record_run(storage.runs_path, report, EXIT_OK)

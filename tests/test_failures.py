@@ -11,13 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 from harness import Target, one_sentence
 
-from mews_sandbox import Sandbox
+from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
 from pipelines.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
 from pipelines.storage import configured_storage
@@ -292,6 +293,10 @@ def test_a_damaged_duckdb_file_is_named_and_left_untouched(
     [
         ("SOURCES__MEWS__START_DATE", "last tuesday", "START_DATE"),
         ("SOURCES__MEWS__PLATFORM_URL", "api.mews.com", "PLATFORM_URL"),
+        ("SOURCES__MEWS__OVERLAP_MINUTES", "-5", "OVERLAP_MINUTES must be 0 or more"),
+        ("SOURCES__MEWS__SERVICE_IDS", "[]", "SERVICE_IDS is an empty list: unset it"),
+        ("SOURCES__MEWS__NOTE_TYPES", "[]", "NOTE_TYPES is an empty list: unset it"),
+        ("SOURCES__MEWS__NOTE_TYPES", '["General", ""]', "NOTE_TYPES must be a JSON list"),
     ],
 )
 def test_a_failed_configuration_check_leaves_nothing_behind(
@@ -358,3 +363,94 @@ def test_a_block_missing_mid_query_is_a_damaged_file_too():
     code, sentence = explain(wrapped)
     assert code == EXIT_CONFIG
     assert sentence.startswith("/srv/mews/mews_sync.duckdb is not a usable DuckDB file")
+
+
+# -- mistakes that used to succeed silently --------------------------------------------------
+
+
+@pytest.fixture
+def served_sandbox(run_settings, synced_file, monkeypatch) -> Iterator[tuple[Sandbox, Path]]:
+    """The sandbox `synced_file` was synced from, served; the settings point at it, with the
+    one-enterprise demo token; the DuckDB file is a copy of the synced one."""
+    sandbox = Sandbox.generate(orders=300, seed=13)
+    database = run_settings
+    database.write_bytes(synced_file.read_bytes())
+    with serve(sandbox) as url:
+        monkeypatch.setenv("SOURCES__MEWS__PLATFORM_URL", url)
+        monkeypatch.setenv("SOURCES__MEWS__CLIENT_TOKEN", DEMO_CLIENT_TOKEN)
+        monkeypatch.setenv("SOURCES__MEWS__ACCESS_TOKEN", DEMO_ACCESS_TOKEN)
+        monkeypatch.setenv("SOURCES__MEWS__START_DATE", "2015-01-01")
+        monkeypatch.setenv("SOURCES__MEWS__RATE_LIMIT_REQUESTS", "0")
+        yield sandbox, database
+
+
+def test_service_ids_mews_does_not_list_for_the_token_are_named_before_syncing(
+    served_sandbox, capsys, monkeypatch
+):
+    sandbox, database = served_sandbox
+    first, other = list(sandbox.enterprises())[:2]
+    elsewhere = next(s["Id"] for s in sandbox.services() if s["EnterpriseId"] == other["Id"])
+    mine = next(s["Id"] for s in sandbox.services() if s["EnterpriseId"] == first["Id"])
+    missing = "0b7e4b52-55a1-4c3e-9f0e-2f4e1c9d8a77"
+    monkeypatch.setenv("SOURCES__MEWS__SERVICE_IDS", json.dumps([mine, elsewhere, missing]))
+    before = database.read_bytes()
+
+    assert main(["run"]) == EXIT_CONFIG
+
+    sentence = one_sentence(capsys.readouterr().err)
+    assert elsewhere in sentence and missing in sentence and mine not in sentence
+    assert "SOURCES__MEWS__SERVICE_IDS" in sentence
+    assert sandbox.log.count(operation="productServiceOrders/getAll") == 0
+    assert database.read_bytes() == before
+
+
+def test_a_configured_bookable_service_is_synced_with_a_warning(
+    served_sandbox, capsys, monkeypatch, caplog
+):
+    sandbox, _ = served_sandbox
+    (first,) = list(sandbox.enterprises())[:1]
+    bookable = next(
+        s
+        for s in sandbox.services()
+        if s["EnterpriseId"] == first["Id"]
+        and (s.get("Data") or {}).get("Discriminator") == "Bookable"
+    )
+    monkeypatch.setenv("SOURCES__MEWS__SERVICE_IDS", json.dumps([bookable["Id"]]))
+
+    assert main(["run"]) == EXIT_OK
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(bookable["Id"] in w and "Bookable" in w for w in warnings), warnings
+
+
+def test_note_types_mews_may_add_later_pass_with_a_warning(served_sandbox, monkeypatch, caplog):
+    monkeypatch.setenv("SOURCES__MEWS__NOTE_TYPES", '["General", "Bogus"]')
+
+    assert main(["run"]) == EXIT_OK
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("Bogus" in w and "SpecialRequest" in w for w in warnings), warnings
+
+
+def test_an_account_without_orders_gets_every_table_and_view_typed(tmp_path, postgres):
+    target = Target(Sandbox.generate(orders=0, seed=2), tmp_path, postgres)
+    report = target.sync()
+
+    assert report.read.orders == 0
+    types = dict(
+        target.rows(
+            "select table_name || '.' || column_name, lower(data_type) "
+            "from information_schema.columns where table_schema = 'mews'"
+        )
+    )
+    for column, kind in {
+        "product_service_orders.id": "varchar",
+        "product_service_orders.updated_utc": "timestamp with time zone",
+        "product_service_orders.options__owner_checked_in": "boolean",
+        "service_order_notes.service_order_id": "varchar",
+        "service_order_notes.created_utc": "timestamp with time zone",
+        "services.is_active": "boolean",
+    }.items():
+        assert types.get(column, "missing").replace("character varying", "varchar") == kind
+    for view in ("orders_current", "notes_with_orders", "order_activity_daily"):
+        assert target.rows(f"select count(*) from mews.{view}") == [(0,)]

@@ -149,12 +149,17 @@ def mews_source(
         if backfill[0] >= backfill[1]:
             raise MewsConfigError("The backfill --start must be before its --end.")
     overlap = timedelta(minutes=float(overlap_minutes))
+    if overlap < timedelta(0):
+        raise MewsConfigError(
+            "SOURCES__MEWS__OVERLAP_MINUTES must be 0 or more minutes (default 5): how far "
+            "before the watermark a run starts reading again."
+        )
     refresh_every = timedelta(days=float(notes_refresh_days))
     if refresh_every < timedelta(0):
         raise MewsConfigError(
             "SOURCES__MEWS__NOTES_REFRESH_DAYS must be 0 (off) or a positive number of days."
         )
-    types = list(DEFAULT_NOTE_TYPES if note_types is None else note_types)
+    types = check_note_types(note_types)
     counts = source_stats if source_stats is not None else SourceStats()
 
     api = MewsClient(
@@ -177,14 +182,14 @@ def mews_source(
         """The services whose orders this sync reads: configured, or discovered."""
         found = [service_row(s) for page in api.services(service_ids, enterprise_ids) for s in page]
         if service_ids:
+            check_configured_services(service_ids, found, bool(enterprise_ids))
             return tuple(found)
         return tuple(s for s in found if s["Discriminator"] == PRODUCT_SERVICE_DISCRIMINATOR)
 
     @dlt.resource(write_disposition="merge", primary_key="id")
     def services() -> Iterator[pa.Table]:
         """Yields one table of the synced services: id, enterprise_id, name, discriminator."""
-        if sync_services():
-            yield to_table(sync_services(), SERVICE_COLUMNS)
+        yield to_table(sync_services(), SERVICE_COLUMNS)  # empty, the table still exists
 
     @dlt.resource(write_disposition="merge", primary_key="id")
     def enterprises() -> Iterator[pa.Table]:
@@ -256,6 +261,10 @@ def mews_source(
             else:
                 for service_id in group:
                     watermarks[service_id] = format_utc(window[1])
+        if counts.orders == orders_before:
+            # Nothing read (an account without orders yet): the table and its typed columns
+            # still exist, and so the views on them.
+            yield to_table([], ORDER_COLUMNS)
         state.pop("pending", None)
         if backfill:
             state.pop("backfill", None)
@@ -341,7 +350,7 @@ def mews_source(
             order_ids,
             pc.invert(pc.is_in(order_ids, concat(tables).column("service_order_id")))
             if noted
-            else pa.array([True] * len(order_ids)),
+            else pa.array([True] * len(order_ids), pa.bool_()),
         )
         markers = pa.table(
             {
@@ -356,6 +365,10 @@ def mews_source(
         # One item per table of orders: dlt's cost is per item, not per row.
         return with_keys_required(concat([*notes, markers]))
 
+    if service_ids:
+        # Configured ids are checked against Mews when the source is made: a wrong one stops
+        # the run before anything is locked, loaded or written.
+        sync_services()
     return services, enterprises, product_service_orders, service_order_notes
 
 
@@ -428,6 +441,61 @@ def parse_utc(value: str | datetime | None, name: str) -> datetime:
                 "2024-01-31T00:00:00Z."
             ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def check_configured_services(
+    service_ids: list[str], found: list[dict[str, Any]], enterprises_configured: bool
+) -> None:
+    """Raise naming the configured services `services/getAll` did not list (they do not
+    exist, or belong to no enterprise of the token); warn of a Bookable one (it takes
+    reservations, not these orders)."""
+    listed = {str(s["Id"]).lower() for s in found}
+    unknown = [i for i in service_ids if i.lower() not in listed]
+    if unknown:
+        scope = " and SOURCES__MEWS__ENTERPRISE_IDS" if enterprises_configured else ""
+        raise MewsConfigError(
+            f"SOURCES__MEWS__SERVICE_IDS names services Mews does not list for this token"
+            f"{scope}: {', '.join(unknown)}; "
+            "check the ids, and that the token covers their enterprise (unset the setting to "
+            "sync every product service)."
+        )
+    for service in found:
+        if service["Discriminator"] != PRODUCT_SERVICE_DISCRIMINATOR:
+            log.warning(
+                "SOURCES__MEWS__SERVICE_IDS names %s (%s), a %s service: it takes "
+                "reservations, not product service orders, so it has none to sync",
+                service["Id"],
+                service["Name"],
+                service["Discriminator"],
+            )
+
+
+def check_note_types(value: Any) -> list[str]:
+    """The note types to ask for: the documented ones by default; a type Mews documents
+    later is sent with a warning; an empty list asks for nothing and is refused."""
+    if value is None:
+        return list(DEFAULT_NOTE_TYPES)
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise MewsConfigError(
+            'SOURCES__MEWS__NOTE_TYPES must be a JSON list of note types, e.g. ["General", '
+            '"SpecialRequest"].'
+        )
+    if not value:
+        raise MewsConfigError(
+            "SOURCES__MEWS__NOTE_TYPES is an empty list: unset it for every documented type "
+            f"({', '.join(DEFAULT_NOTE_TYPES)}), or list some."
+        )
+    types = [v.strip() for v in value]
+    if unknown := [t for t in types if t not in DEFAULT_NOTE_TYPES]:
+        log.warning(
+            "SOURCES__MEWS__NOTE_TYPES: %s not among the documented types (%s); sent as "
+            "given, in case Mews added them",
+            ", ".join(unknown),
+            ", ".join(DEFAULT_NOTE_TYPES),
+        )
+    return types
 
 
 def check_ids(value: Any, name: str) -> list[str] | None:

@@ -41,7 +41,8 @@ DEFAULT_CLIENT = "mews-sync 0.1.0"
 # Mews started in 2012: nothing can be older, and empty windows cost one request each.
 DEFAULT_START_DATE = "2012-01-01T00:00:00Z"
 DEFAULT_OVERLAP = timedelta(minutes=5)
-# Without `Types` the API returns only General and ChannelManager notes.
+# Every documented note type (the serviceOrderNotes page, 2026-08); without `Types` the API
+# returns only General and ChannelManager notes. Other types are sent with a warning.
 DEFAULT_NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
 # Every order's notes are re-read at least this often, in case a note change does not bump
 # its order's UpdatedUtc (undocumented); 0 turns the refresh off. See refresh.py.
