@@ -381,15 +381,11 @@ def database_mb(url: str) -> float:
 # -- the command line, start-up included -----------------------------------------------------
 
 
-def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[dict], dict]:
-    """`python -m pipelines.cli run` as a scheduler starts it, from a folder of its own with
-    the settings in the environment: a first sync, then `runs` runs with no change. Returns
-    those runs and the requests of the last."""
+def cli_env(url: str, folder: Path) -> dict[str, str]:
+    """The environment of `mews-sync run` against the sandbox at `url`, with its DuckDB file
+    and dlt's data folder in `folder`, and nothing of this machine's own settings."""
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
 
-    url = sandbox.url
-
-    folder.mkdir(parents=True, exist_ok=True)
     env = {
         k: v
         for k, v in os.environ.items()
@@ -406,6 +402,15 @@ def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[di
         SOURCES__MEWS__RATE_LIMIT_REQUESTS="0",
         MEWS_SYNC__LOG_LEVEL="WARNING",
     )
+    return env
+
+
+def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[dict], dict]:
+    """`python -m pipelines.cli run` as a scheduler starts it, from a folder of its own with
+    the settings in the environment: a first sync, then `runs` runs with no change. Returns
+    those runs and the requests of the last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = cli_env(sandbox.url, folder)
     command = [sys.executable, "-m", "pipelines.cli", "run"]
     results = []
     for _ in range(runs + 1):
