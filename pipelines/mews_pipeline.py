@@ -75,10 +75,10 @@ def sync(
     started = time.monotonic()
     locked = False
     try:
-        # Made once before anything is locked or written: its configuration errors come
-        # first (configured services are checked against Mews then).
-        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
         storage.check()  # a folder it cannot write
+        # Made once before anything is locked or written: its configuration errors come
+        # first, and it reads the services (a wrong address, unknown services).
+        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
         with storage.lock(), Progress(report.read, report.stats):
             locked = True
             pipeline = build_pipeline(storage, pipeline_name, pipelines_dir)

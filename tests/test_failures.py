@@ -4,15 +4,19 @@ code, and the DuckDB file byte for byte as it was; and a command line that start
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 import pytest
@@ -22,6 +26,8 @@ from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
 from pipelines.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
 from pipelines.storage import configured_storage
+from sources.errors import MewsUnavailableError
+from sources.mews.client import MewsClient
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_PREFIXES = ("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_PROJECT_DIR")
@@ -274,9 +280,9 @@ def damaged_files(synced: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "header only"])
 @pytest.mark.parametrize("command", [["run"], ["status"], ["query", "select 1"]])
 def test_a_damaged_duckdb_file_is_named_and_left_untouched(
-    run_settings, synced_file, capsys, kind, command
+    served_sandbox, synced_file, capsys, kind, command
 ):
-    database = run_settings
+    _, database = served_sandbox
     database.write_bytes(damaged_files(synced_file)[kind])
     before = database.read_bytes()
 
@@ -454,3 +460,106 @@ def test_an_account_without_orders_gets_every_table_and_view_typed(tmp_path, pos
         assert types.get(column, "missing").replace("character varying", "varchar") == kind
     for view in ("orders_current", "notes_with_orders", "order_activity_daily"):
         assert target.rows(f"select count(*) from mews.{view}") == [(0,)]
+
+
+# -- a wrong address -------------------------------------------------------------------------
+
+
+class WebPage(http.server.BaseHTTPRequestHandler):
+    """A web server that is not Mews: a page for every POST."""
+
+    def do_POST(self) -> None:
+        body = b"<html><body>Welcome to nginx!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class NoPost(http.server.BaseHTTPRequestHandler):
+    """A server that does not take POST at all: 501, as Python's own http.server."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def web_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def https_on_an_http_port() -> Iterator[str]:
+    with serve(Sandbox.generate(orders=10, seed=1)) as url:
+        yield url.replace("http://", "https://")
+
+
+@contextlib.contextmanager
+def nothing_listening() -> Iterator[str]:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def with_the_api_path() -> Iterator[str]:
+    yield "https://api.mews.com/api/connector/v1/"
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (nothing_listening, "Nothing accepts connections at 127.0.0.1:{port} (refused)"),
+        (https_on_an_http_port, "127.0.0.1:{port} does not answer in TLS"),
+        (lambda: web_server(NoPost), "with 501 Not Implemented, so it is not the Mews"),
+        (lambda: web_server(WebPage), "with 200 and text/html instead of JSON, so it is not"),
+        (with_the_api_path, "must not hold /api/connector/v1 (the client adds it): drop it"),
+    ],
+    ids=["refused", "https-on-http", "501", "html", "api-path"],
+)
+def test_a_wrong_address_is_a_configuration_error_said_at_once(
+    run_settings, synced_file, capsys, monkeypatch, where, words
+):
+    database = run_settings
+    database.write_bytes(synced_file.read_bytes())
+    before = database.read_bytes()
+    with where() as url:
+        monkeypatch.setenv("SOURCES__MEWS__PLATFORM_URL", url)
+        started = time.monotonic()
+        code = main(["run"])
+        took = time.monotonic() - started
+
+    assert code == EXIT_CONFIG
+    sentence = one_sentence(capsys.readouterr().err)
+    assert words.format(port=urlsplit(url).port) in sentence, sentence
+    assert took < 5
+    assert database.read_bytes() == before
+
+
+def test_a_name_that_does_not_resolve_is_retried_a_few_seconds_then_named(capsys):
+    client = MewsClient("http://no-such-host.invalid", "CT", "AT", rate_limit=None)
+    started = time.monotonic()
+    with pytest.raises(MewsUnavailableError, match=r"Cannot reach no-such-host\.invalid:80"):
+        list(client.services())
+    assert time.monotonic() - started < 10
+    assert client.stats.retries == 2
+
+
+def test_a_refused_connection_once_the_run_has_started_is_retried_as_before():
+    with nothing_listening() as url:
+        client = MewsClient(url, "CT", "AT", rate_limit=None, max_retries=2, backoff_base=0.01)
+        client.stats.reached = True  # an earlier request of this run was answered
+        with pytest.raises(MewsUnavailableError, match="still failing after 3 attempts"):
+            list(client.services())

@@ -133,6 +133,9 @@ def mews_source(
     on from there. `end_date` (default: now) ends the sync; `transport` lets tests mount the
     sandbox in-process; `stats` and `source_stats` collect what the API client and the source
     did.
+
+    Making the source reads the services (one `services/getAll`), so that a wrong address or
+    token, or a configured service Mews does not list, stops a run before it loads anything.
     """
     now = datetime.now(UTC).replace(microsecond=0)
     end = parse_utc(end_date, "end_date") if end_date else now
@@ -365,10 +368,9 @@ def mews_source(
         # One item per table of orders: dlt's cost is per item, not per row.
         return with_keys_required(concat([*notes, markers]))
 
-    if service_ids:
-        # Configured ids are checked against Mews when the source is made: a wrong one stops
-        # the run before anything is locked, loaded or written.
-        sync_services()
+    # The services are read when the source is made: a wrong address, refused tokens or a
+    # configured service Mews does not list stop a run before anything is locked or written.
+    sync_services()
     return services, enterprises, product_service_orders, service_order_notes
 
 

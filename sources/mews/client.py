@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import ssl
 import threading
 import time
 from calendar import monthrange
@@ -43,6 +44,7 @@ from .settings import (
     BACKOFF_MAX_SECONDS,
     DEFAULT_CLIENT,
     ENTERPRISES_OPERATION,
+    FIRST_CONTACT_RETRIES,
     ITEMS_KEY,
     MAX_IDS_PER_REQUEST,
     MAX_RETRIES,
@@ -111,6 +113,9 @@ class ClientStats(Counters):
     splits: int = 0  # requests halved (ids or interval) because even small pages were too heavy
     limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
     throttle_wait_seconds: float = 0.0  # waited because of 429s
+    # The API answered at least once in this run (the stats are the run's, across its steps):
+    # until then, a failure to reach it is most likely a wrong address, said at once.
+    reached: bool = False
 
 
 class SlidingWindowLimiter:
@@ -286,7 +291,72 @@ def check_platform_url(url: str) -> str:
             f"SOURCES__MEWS__PLATFORM_URL must be an address like https://api.mews.com, "
             f"not {url!r}."
         )
+    if API_PATH in parts.path.lower():
+        raise MewsConfigError(
+            f"SOURCES__MEWS__PLATFORM_URL must not hold {API_PATH} (the client adds it): drop "
+            f"it, e.g. {parts.scheme}://{parts.netloc}."
+        )
     return url.strip().rstrip("/")
+
+
+def unreachable(exc: httpx.TransportError, where: str) -> MewsError | None:
+    """The error for a first request that could not reach the API at `where` (host:port) if
+    the address must be wrong: refused, or no TLS spoken there. None for what may be the
+    network (a name that does not resolve, a timeout), which is retried a little."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    check = "check SOURCES__MEWS__PLATFORM_URL"
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return MewsConfigError(f"Nothing accepts connections at {where} (refused): {check}.")
+    for cause in chain:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return MewsConfigError(
+                f"The TLS certificate of {where} was not accepted ({cause.verify_message}): "
+                f"{check}."
+            )
+        if isinstance(cause, ssl.SSLError):
+            return MewsConfigError(
+                f"{where} does not answer in TLS ({cause.reason or cause}), so it is no HTTPS "
+                f"port: {check} (http:// for a plain HTTP server)."
+            )
+    return None
+
+
+def not_the_api(
+    response: httpx.Response, operation: str, where: str, first: bool
+) -> MewsConfigError | None:
+    """The error for an answer that cannot come from the Mews Connector API: a 501 (a server
+    that does not take POST), or, as the first answer, a 200 or 4xx that is not JSON at all
+    (a web page). Later, a body that is not JSON is taken for one cut short, and retried."""
+    status = response.status_code
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no type"
+    if status == 501:
+        what = "501 Not Implemented"
+    elif (
+        first
+        and status < 500
+        and status not in (408, 429)
+        and "json" not in kind  # JSON cut short on the way is retried
+        and not is_json(response)
+    ):
+        what = f"{status} and {kind} instead of JSON"
+    else:
+        return None
+    return MewsConfigError(
+        f"{where} answered {operation} with {what}, so it is not the Mews Connector API: "
+        "check SOURCES__MEWS__PLATFORM_URL (e.g. https://api.mews.com)."
+    )
+
+
+def is_json(response: httpx.Response) -> bool:
+    try:
+        orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class MewsClient:
@@ -391,7 +461,22 @@ class MewsClient:
                     self._count(timeouts=1)
                     raise RequestTimedOutError(operation, self.timeout) from exc
                 failure, pause = f"connection failed ({type(exc).__name__})", None
+                if not self.stats.reached and isinstance(
+                    exc, httpx.ConnectError | httpx.ConnectTimeout
+                ):
+                    if (error := unreachable(exc, self._where())) is not None:
+                        raise error from None
+                    if attempt >= FIRST_CONTACT_RETRIES:
+                        raise MewsUnavailableError(
+                            f"Cannot reach {self._where()} ({type(exc).__name__}: "
+                            f"{str(exc) or 'no detail'}): check SOURCES__MEWS__PLATFORM_URL "
+                            "and the network, then try again."
+                        ) from None
+                    pause = min(1.0, self.backoff_base) * (attempt + 1)
             else:
+                first, self.stats.reached = not self.stats.reached, True
+                if error := not_the_api(response, operation, self._where(), first):
+                    raise error
                 status = response.status_code
                 if status != 429 and self._limiter:
                     self._limiter.succeeded()
@@ -450,6 +535,11 @@ class MewsClient:
                     self._count(throttle_wait_seconds=pause)
                 self._sleep(pause)
             attempt += 1
+
+    def _where(self) -> str:
+        """host:port of the API, for people."""
+        url = self._http.base_url
+        return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
     def _error_details(self, response: httpx.Response) -> tuple[str, str | None]:
         """The API's Message and RequestId, with any token blotted out."""

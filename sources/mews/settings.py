@@ -60,6 +60,10 @@ RATE_RECOVERY_PER_SUCCESS = 0.1
 MAX_RETRY_AFTER_SECONDS = 120.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 MAX_RETRIES = 8
+# A run's first request that cannot connect (a name that does not resolve, a timeout) is
+# retried this often within a few seconds, then stops: before the API has answered at all, a
+# wrong address is likelier than an outage. A refused connection is not retried.
+FIRST_CONTACT_RETRIES = 2
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 
