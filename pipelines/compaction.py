@@ -38,6 +38,11 @@ class Compacted:
     superseded_notes: int = 0
     deleted_notes: int = 0
 
+    def add(self, other: Compacted) -> None:
+        self.superseded_orders += other.superseded_orders
+        self.superseded_notes += other.superseded_notes
+        self.deleted_notes += other.deleted_notes
+
 
 def load_by_appending(source: Any) -> None:
     """Switch the source's orders and notes from dlt's merge to appending (compact() after

@@ -117,7 +117,7 @@ def load(
         if compacting:
             # What a run killed between its load and its compaction left behind, first.
             with pipeline.sql_client() as client:
-                compact(client, destination)
+                report.removed.add(compact(client, destination))
             load_by_appending(source)
         pipeline.run(source)
         if not pending_work(pipeline.state, backfill):
@@ -126,6 +126,6 @@ def load(
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
     with pipeline.sql_client() as client:
         if compacting:
-            compact(client, destination)
+            report.removed.add(compact(client, destination))
         apply_views(client)
         report.table_rows = count_rows(client)

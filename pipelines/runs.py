@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # not imported for `status`, which reads run records only: no dlt
+    from pipelines.compaction import Compacted
     from sources.mews import SourceStats
     from sources.mews.client import ClientStats
 
@@ -28,6 +29,12 @@ def new_source_stats() -> SourceStats:
     return SourceStats()
 
 
+def new_compacted() -> Compacted:
+    from pipelines.compaction import Compacted
+
+    return Compacted()
+
+
 @dataclass
 class RunReport:
     """What one run did, for the summary printed at its end and the run record."""
@@ -39,6 +46,7 @@ class RunReport:
     stats: ClientStats = field(default_factory=new_client_stats)
     read: SourceStats = field(default_factory=new_source_stats)
     table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
+    removed: Compacted = field(default_factory=new_compacted)  # by the clean-ups after loads
     published: str | None = None  # the analysts' copy this run published, if any
     error: str | None = None  # the one-sentence reason a failed run stopped
 
@@ -66,6 +74,10 @@ class RunReport:
             f"  short pages: {self.stats.short_pages} (+{self.stats.end_probes} end probes), "
             f"timeouts: {self.stats.timeouts}, 3-month limit learned: "
             f"{'yes' if self.stats.too_long_windows else 'no'}",
+            # Rows read again replace their older copies; a note that is gone from Mews goes.
+            f"  removed: older copies of {self.removed.superseded_orders} orders and "
+            f"{self.removed.superseded_notes} notes read again; "
+            f"{self.removed.deleted_notes} notes deleted in Mews",
         ]
         if read.refresh_days:
             lines.append(f"  {refresh_line(read, self.table_rows.get('product_service_orders'))}")
@@ -89,6 +101,9 @@ class RunReport:
             "order_pages": self.read.order_pages,
             "orders": self.read.orders,
             "notes": self.read.notes,
+            "superseded_orders": self.removed.superseded_orders,
+            "superseded_notes": self.removed.superseded_notes,
+            "deleted_notes": self.removed.deleted_notes,
             "refreshed_orders": self.read.refreshed_orders,
             "refresh_share": round(self.read.refresh_share, 3),
             "requests": sum(self.stats.requests.values()),

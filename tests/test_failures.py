@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import duckdb
 import pytest
-from harness import Target, one_sentence
+from harness import START_DATE, Target, one_sentence
 
 from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
 from pipelines.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
@@ -563,3 +564,27 @@ def test_a_refused_connection_once_the_run_has_started_is_retried_as_before():
         client.stats.reached = True  # an earlier request of this run was answered
         with pytest.raises(MewsUnavailableError, match="still failing after 3 attempts"):
             list(client.services())
+
+
+def test_a_backfill_of_unchanged_data_says_it_deleted_no_note(tmp_path):
+    sandbox = Sandbox.generate(orders=600, seed=17)
+    target = Target(sandbox, tmp_path)
+    target.sync()
+    def everything() -> dict[str, str]:
+        return {"backfill_start": START_DATE, "backfill_end": datetime.now(UTC).isoformat()}
+
+    # The orders of the range come again, with all their notes: older copies, not deletions.
+    report = target.sync("backfill", **everything())
+
+    assert report.removed.superseded_orders == report.read.orders > 0
+    assert report.removed.superseded_notes == report.read.notes > 0
+    assert report.removed.deleted_notes == 0
+    assert (
+        f"removed: older copies of {report.read.orders} orders and {report.read.notes} notes "
+        "read again; 0 notes deleted in Mews"
+    ) in report.summary()
+    # A note deleted in Mews is counted as such.
+    sandbox.delete_note(sandbox.notes()[0]["Id"])
+    report = target.sync("backfill", **everything())
+    assert report.removed.deleted_notes == 1
+    assert report.record(0)["deleted_notes"] == 1
