@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.failures import EXIT_BUSY
+
 if TYPE_CHECKING:  # not imported for `status`, which reads run records only: no dlt
     from pipelines.compaction import Compacted
     from sources.mews import SourceStats
@@ -94,7 +96,8 @@ class RunReport:
                 timespec="seconds"
             ),
             "seconds": round(self.seconds, 1),
-            "status": "ok" if exit_code == 0 else "failed",
+            # A run that found the destination busy did nothing, by design: `status` says so.
+            "status": {0: "ok", EXIT_BUSY: "skipped"}.get(exit_code, "failed"),
             "exit_code": exit_code,
             "error": self.error,
             "windows": self.read.windows,

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 
+from pipelines.failures import EXIT_BUSY
 from pipelines.lock import SyncBusyError, file_lock
 from pipelines.runs import read_runs
 from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, check_whole, damaged
@@ -290,7 +291,9 @@ def service_lines(head: str, names: list[str]) -> list[str]:
 
 def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> list[str]:
     ok = next((r for r in reversed(runs) if r["status"] == "ok"), None)
-    failed = next((r for r in reversed(runs) if r["status"] != "ok"), None)
+    # A run that found the destination busy (exit 5) did nothing, by design: skipped.
+    skipped = [r for r in runs if r["status"] == "skipped" or r.get("exit_code") == EXIT_BUSY]
+    failed = next((r for r in reversed(runs) if r["status"] != "ok" and r not in skipped), None)
     out = [f"Runs recorded in {storage.runs_path}: {len(runs)}"]
     if ok:
         out += [
@@ -316,6 +319,11 @@ def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> li
         )
     else:
         out.append("  last failure: none recorded")
+    if skipped:
+        out.append(
+            f"  skipped, another run or a reader held the destination (exit 5): "
+            f"{len(skipped)}, the last {run_head(skipped[-1], now)}"
+        )
     return out
 
 

@@ -24,9 +24,11 @@ import pytest
 from harness import START_DATE, Target, one_sentence
 
 from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
-from pipelines.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
+from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
-from pipelines.storage import configured_storage
+from pipelines.lock import SyncBusyError
+from pipelines.runs import read_runs
+from pipelines.storage import DuckDbStorage, configured_storage
 from sources.errors import MewsUnavailableError
 from sources.mews.client import MewsClient
 
@@ -570,6 +572,7 @@ def test_a_backfill_of_unchanged_data_says_it_deleted_no_note(tmp_path):
     sandbox = Sandbox.generate(orders=600, seed=17)
     target = Target(sandbox, tmp_path)
     target.sync()
+
     def everything() -> dict[str, str]:
         return {"backfill_start": START_DATE, "backfill_end": datetime.now(UTC).isoformat()}
 
@@ -588,3 +591,21 @@ def test_a_backfill_of_unchanged_data_says_it_deleted_no_note(tmp_path):
     report = target.sync("backfill", **everything())
     assert report.removed.deleted_notes == 1
     assert report.record(0)["deleted_notes"] == 1
+
+
+def test_status_shows_a_run_refused_as_busy_as_skipped_not_as_a_failure(tmp_path, capsys):
+    target = Target(Sandbox.generate(orders=100, seed=19), tmp_path)
+    target.sync()
+    storage = DuckDbStorage.at(target.database)
+    with storage.lock(), pytest.raises(SyncBusyError):
+        target.sync()
+    (_, busy) = read_runs(storage.runs_path)
+    assert (busy["status"], busy["exit_code"]) == ("skipped", EXIT_BUSY)
+
+    assert main(["status", "--path", target.database]) == EXIT_OK
+
+    screen = capsys.readouterr().out
+    assert "last failure: none recorded" in screen
+    assert "skipped, another run or a reader held the destination (exit 5): 1, the last run" in (
+        screen
+    )
