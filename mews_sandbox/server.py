@@ -8,7 +8,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mews_sandbox.app import DEMO_ACCESS_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox
+from mews_sandbox.app import (
+    DEMO_ACCESS_TOKEN,
+    DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
+    Sandbox,
+)
 
 
 class SandboxTransport(httpx.BaseTransport):
@@ -101,9 +106,10 @@ def _run(server: ThreadingHTTPServer) -> None:
 
 def run_cli(port: int, orders: int, seed: int, client_token: str | None,
             access_token: str | None) -> None:
-    """For `mews-sync sandbox`: generate, say where, serve until Ctrl-C. Custom tokens
-    replace the demo ones (a custom AccessToken covers every enterprise); they are never
-    printed (the demo ones only by name)."""
+    """For `mews-sync sandbox`: generate, say where and how to point mews-sync at it, serve
+    until Ctrl-C. Custom tokens replace the demo ones (a custom AccessToken covers every
+    enterprise); they are never printed. The demo ones are Mews' public demo tokens (from its
+    documentation, the sandbox's portfolio token in their format): printed, to copy."""
     sandbox = Sandbox.generate(orders=orders, seed=seed)
     if client_token:
         sandbox.client_token = client_token
@@ -112,10 +118,26 @@ def run_cli(port: int, orders: int, seed: int, client_token: str | None,
         sandbox.remove_token(DEMO_PORTFOLIO_ACCESS_TOKEN)
         sandbox.add_token(access_token)
     server = _server(sandbox, "127.0.0.1", port)
-    client_name = "custom" if client_token else "DEMO_CLIENT_TOKEN"
-    access_name = ("custom" if access_token else
-                   "DEMO_ACCESS_TOKEN (one enterprise) or DEMO_PORTFOLIO_ACCESS_TOKEN (all)")
-    print(f"Mews sandbox at http://127.0.0.1:{server.server_address[1]} ({orders} orders, "
-          f"seed {seed}); ClientToken: {client_name}, AccessToken: {access_name}. "
-          "Ctrl-C stops.", flush=True)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    print(f"Mews sandbox at {url} ({orders} orders, seed {seed}); Ctrl-C stops. To point "
+          "mews-sync at it, paste:", flush=True)
+    print(sandbox_settings(url, client_token, access_token), flush=True)
     _run(server)
+
+
+def sandbox_settings(url: str, client_token: str | None, access_token: str | None) -> str:
+    """The environment variables that point mews-sync at the sandbox, as shell lines."""
+    lines = [f"export SOURCES__MEWS__PLATFORM_URL={url}"]
+    if client_token:
+        lines.append("export SOURCES__MEWS__CLIENT_TOKEN='<the --client-token you gave>'")
+    else:
+        lines.append(f"export SOURCES__MEWS__CLIENT_TOKEN={DEMO_CLIENT_TOKEN}")
+    if access_token:
+        lines.append("export SOURCES__MEWS__ACCESS_TOKEN='<the --access-token you gave>'")
+    else:
+        lines += [
+            f"export SOURCES__MEWS__ACCESS_TOKEN={DEMO_PORTFOLIO_ACCESS_TOKEN}  # all enterprises",
+            "# or Mews' demo AccessToken, which covers one enterprise as in Mews' own demo:",
+            f"# export SOURCES__MEWS__ACCESS_TOKEN={DEMO_ACCESS_TOKEN}",
+        ]
+    return "\n".join(lines)

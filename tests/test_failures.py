@@ -23,7 +23,13 @@ import duckdb
 import pytest
 from harness import START_DATE, Target, one_sentence
 
-from mews_sandbox import DEMO_ACCESS_TOKEN, DEMO_CLIENT_TOKEN, Sandbox, serve
+from mews_sandbox import (
+    DEMO_ACCESS_TOKEN,
+    DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
+    Sandbox,
+    serve,
+)
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
 from pipelines.lock import SyncBusyError
@@ -609,3 +615,51 @@ def test_status_shows_a_run_refused_as_busy_as_skipped_not_as_a_failure(tmp_path
     assert "skipped, another run or a reader held the destination (exit 5): 1, the last run" in (
         screen
     )
+
+
+def start_sandbox(*args: str, cwd: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """`mews-sync sandbox --port 0 ...` and the lines it printed before serving."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "sandbox", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    lines = [process.stdout.readline()]
+    while not lines[-1].startswith("# export") and "--access-token you gave" not in lines[-1]:
+        lines.append(process.stdout.readline())
+    return process, lines
+
+
+def test_the_sandbox_prints_settings_to_paste_that_a_run_then_uses(tmp_path):
+    process, lines = start_sandbox("--orders", "50", cwd=tmp_path)
+    try:
+        block = "\n".join(line for line in lines if line.startswith("export "))
+        assert DEMO_CLIENT_TOKEN in block and DEMO_PORTFOLIO_ACCESS_TOKEN in block
+        assert DEMO_ACCESS_TOKEN in lines[-1]  # the one-enterprise token, commented out
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIXES)}
+        env.update(PYTHONPATH=str(REPO), DLT_DATA_DIR=str(tmp_path / "dlt_data"))
+        pasted = subprocess.run(
+            ["sh", "-c", f"{block}\n{sys.executable} -m pipelines.cli run"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert pasted.returncode == EXIT_OK, pasted.stderr
+    assert "read: 50 orders" in pasted.stdout
+
+
+def test_the_sandbox_never_prints_custom_tokens(tmp_path):
+    process, lines = start_sandbox(
+        "--orders", "0", "--client-token", "CT-mine", "--access-token", "AT-mine", cwd=tmp_path
+    )
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert "<the --client-token you gave>" in lines[-2]
+    assert not any("CT-mine" in line or "AT-mine" in line for line in lines)
