@@ -67,22 +67,45 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-    def line(self) -> str:
-        """The counters in one line: windows of the total, pages, rows, requests, waits."""
+    def line(self, width: int | None = None) -> str:
+        """The counters in one line: the bar, windows of the total, pages, rows, requests,
+        waits; with `width`, as many of them as fit, whole.
+
+        The bar measures the windows' time span, recent days weighing more (orders mostly sit
+        in recent windows; see `window_work`), else the windows' count.
+        """
         read, stats = self.read, self.stats
         total = max(read.windows_total, read.windows)
-        done = read.windows / total if total else 0.0
+        if read.work_total:
+            done = min(1.0, read.work_done / read.work_total)
+        else:
+            done = read.windows / total if total else 0.0
         filled = int(done * BAR_WIDTH)  # full only when done
         requests = sum(dict(stats.requests).values())  # a copy: other threads add keys
         waited = stats.limiter_wait_seconds + stats.throttle_wait_seconds
         elapsed = int(time.monotonic() - self._started)
-        # Most telling first: a narrow terminal cuts the end of the line.
-        return (
+        head = (
             f"{elapsed // 60}:{elapsed % 60:02d} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{done:4.0%} windows {read.windows}/{total or '?'}, pages {read.order_pages}, "
-            f"orders {read.orders:,}, notes {read.notes:,}, requests {requests:,}, "
-            f"429s {stats.throttled}, retries {stats.retries}, rate-limit waits {waited:.0f} s"
+            f"{done:4.0%}"
         )
+        # Most telling first: what does not fit a narrow terminal is left out from the end.
+        fields = [
+            f"windows {read.windows}/{total or '?'}",
+            f"pages {read.order_pages}",
+            f"orders {read.orders:,}",
+            f"notes {read.notes:,}",
+            f"requests {requests:,}",
+            f"429s {stats.throttled}",
+            f"retries {stats.retries}",
+            f"rate-limit waits {waited:.0f} s",
+        ]
+        line = head
+        for number, field in enumerate(fields):
+            longer = f"{line}{' ' if number == 0 else ', '}{field}"
+            if width is not None and len(longer) > width:
+                break
+            line = longer
+        return line if width is None or len(line) <= width else line[:width].rsplit(" ", 1)[0]
 
     def _same_stream_handlers(self) -> list[logging.Handler]:
         handlers = logging.getLogger().handlers
@@ -99,7 +122,7 @@ class Progress:
 
     def _draw(self) -> None:
         width = shutil.get_terminal_size((100, 20)).columns - 1
-        self.stream.write("\r" + self.line()[:width] + "\x1b[K")
+        self.stream.write("\r" + self.line(width) + "\x1b[K")
         self.stream.flush()
 
 

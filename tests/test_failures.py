@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import io
 import json
 import os
 import signal
@@ -33,10 +34,12 @@ from mews_sandbox import (
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
 from pipelines.failures import explain
 from pipelines.lock import SyncBusyError
+from pipelines.progress import Progress
 from pipelines.runs import read_runs
 from pipelines.storage import DuckDbStorage, configured_storage
 from sources.errors import MewsUnavailableError
-from sources.mews.client import MewsClient
+from sources.mews import SourceStats, walk_windows, window_work
+from sources.mews.client import ClientStats, MewsClient
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_PREFIXES = ("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_PROJECT_DIR")
@@ -663,3 +666,65 @@ def test_the_sandbox_never_prints_custom_tokens(tmp_path):
     process.wait(timeout=30)
     assert "<the --client-token you gave>" in lines[-2]
     assert not any("CT-mine" in line or "AT-mine" in line for line in lines)
+
+
+# -- the progress line -----------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def busy_counters() -> tuple[SourceStats, ClientStats]:
+    read = SourceStats(windows_total=48, windows=12, order_pages=4000, orders=3_912_345)
+    read.notes = 6_254_321
+    stats = ClientStats(throttled=12, retries=345, limiter_wait_seconds=1234.0)
+    stats.requests.update({"productServiceOrders/getAll": 12_345})
+    return read, stats
+
+
+@pytest.mark.parametrize("width", [20, 40, 79, 99, 200])
+def test_the_progress_line_fits_the_terminal_and_cuts_no_word(width):
+    read, stats = busy_counters()
+    whole = Progress(read, stats, stream=io.StringIO()).line()
+    fitted = Progress(read, stats, stream=io.StringIO()).line(width)
+
+    assert len(fitted) <= width
+    assert whole.startswith(fitted)
+    # It ends where a field (or, when even the bar does not fit, a word) ends.
+    rest = whole[len(fitted) :]
+    assert rest == "" or rest.startswith((",", " "))
+    if width >= 79:
+        assert "orders 3,912,345" in fitted
+
+
+def test_the_progress_line_on_an_80_column_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    read, stats = busy_counters()
+    terminal = Terminal()
+    with Progress(read, stats, stream=terminal, interval=60):
+        pass
+    drawn = terminal.getvalue().split("\r")[-1].removesuffix("\x1b[K\n")
+    assert drawn == "0:00 [##........]  25% windows 12/48, pages 4000, orders 3,912,345"
+
+
+def test_the_bar_weighs_recent_windows_more():
+    start, end = datetime(2012, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
+    windows = list(walk_windows(start, end))
+    weights = [window_work(w, (start, end)) for w in windows]
+    assert sum(weights) == pytest.approx(1.0)
+    assert weights[-1] > 50 * weights[0]
+    # The newest quarter of the history is 44 % of the bar; the oldest quarter 6 %.
+    quarter = len(windows) // 4
+    assert sum(weights[-quarter:]) == pytest.approx(0.44, abs=0.02)
+    assert sum(weights[:quarter]) == pytest.approx(0.06, abs=0.02)
+    read = SourceStats(windows_total=len(windows), windows=len(windows) // 2)
+    read.work_total, read.work_done = 1.0, sum(weights[: len(windows) // 2])
+    assert " 25% windows 28/56" in Progress(read, ClientStats(), stream=io.StringIO()).line()
+
+
+def test_a_run_plans_its_work_and_does_all_of_it(tmp_path):
+    report = Target(Sandbox.generate(orders=300, seed=23), tmp_path).sync()
+    assert report.read.work_total > 0
+    assert report.read.work_done == pytest.approx(report.read.work_total)
