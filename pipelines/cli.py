@@ -2,11 +2,16 @@
 
 Exit codes (for schedulers):
   0  success
-  2  bad command line or configuration: a person must act
+  2  bad command line or configuration: a person must act. Also a wrong address (nothing
+     listens there, no TLS on an https:// port, a server that is not the Mews API), a
+     settings file that is not TOML, unknown SERVICE_IDS, a damaged DuckDB file or a folder
+     it cannot write
   3  the Mews API refused the request (bad tokens, permissions, a rejected request) or answered
      something unusable: a person must act
-  4  the Mews API is unavailable, rate limiting or failing after every retry: retry later
-  5  another run holds the DuckDB file: retry later
+  4  the Mews API is unavailable, rate limiting or failing after every retry, or could not
+     be reached at a run's start (a name that does not resolve): retry later
+  5  another run (or another process, a reader) holds the destination: the run was skipped,
+     retry later
   1  an unexpected error (a bug): the traceback is printed; please report it
   130  stopped by Ctrl-C or SIGTERM: the next run goes on from the last completed load
 """
@@ -100,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mews-sync",
         description="Keep a DuckDB copy of Mews product service orders and their notes.",
-        epilog="Exit codes: 0 ok, 2 configuration, 3 API refused, 4 API unavailable (retry "
-        "later), 5 another run is busy, 1 bug, 130 stopped (Ctrl-C, SIGTERM).",
+        epilog="Exit codes: 0 ok, 2 configuration (also a wrong address or a damaged DuckDB "
+        "file), 3 API refused, 4 API unavailable (retry later), 5 another run is busy "
+        "(skipped), 1 bug, 130 stopped (Ctrl-C, SIGTERM).",
     )
     parser.add_argument("--version", action=VersionAction)
     parser.add_argument(
