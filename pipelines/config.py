@@ -78,8 +78,6 @@ def data_dir() -> Path:
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's content ({} when it does not exist); a syntax error is a configuration
     error naming the file and the line."""
-    import tomllib
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -87,6 +85,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise MewsConfigError(f"Cannot read {path}: {reason}.") from None
+    import tomllib  # only when there is a file: some 20 ms
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -184,17 +184,28 @@ def check_whole(con: Any, path: Path) -> None:
         "select schema_name, table_name from duckdb_tables() "
         "where database_name = current_database()"
     ).fetchall()
-    last = -1
-    for schema, table in tables:
-        ((block,),) = con.execute(
-            "select max(block_id) from pragma_storage_info(?) where persistent",
-            [f'"{schema}"."{table}"'],
-        ).fetchall()
-        last = max(last, -1 if block is None else block)
-    needed = DUCKDB_HEADERS_BYTES + block_size * (last + 1)
+    if not tables:
+        return
+    # One statement for all tables: a query each cost twice as long.
+    each = " union all ".join(
+        f"select max(block_id) as block from pragma_storage_info({sql_text(qualified(t))}) "
+        "where persistent"
+        for t in tables
+    )
+    ((last,),) = con.execute(f"select max(block) from ({each})").fetchall()
+    needed = DUCKDB_HEADERS_BYTES + block_size * ((-1 if last is None else last) + 1)
     size = path.stat().st_size
     if size < needed:
         raise damaged(path, f"truncated: {size:,} bytes, its tables need {needed:,}")
+
+
+def qualified(names: tuple[str, ...]) -> str:
+    """The dotted name, each part quoted for SQL: "schema"."table"."""
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
+
+
+def sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def damaged(path: Path, why: str) -> MewsConfigError:
