@@ -37,6 +37,7 @@ class Reader:
         self._execute = execute
         self.where = where  # what is read, for people
         self.interrupt = interrupt
+        self.tables: set[str] | None = None  # of the dataset, tables and views, once asked
 
     def cursor(self, sql: str, *params: Any) -> Any:
         return self._execute(sql, params)
@@ -371,14 +372,13 @@ def month_start(now: datetime, back: int) -> date:
 
 
 def has(reader: Reader, table: str) -> bool:
-    return bool(
-        reader.rows(
-            "select count(*) from information_schema.tables "
-            "where table_schema = %s and table_name = %s",
+    if reader.tables is None:  # asked once: the screen asks about a dozen times
+        rows = reader.rows(
+            "select table_name from information_schema.tables where table_schema = %s",
             DATASET_NAME,
-            table,
-        )[0][0]
-    )
+        )
+        reader.tables = {name for (name,) in rows}
+    return table in reader.tables
 
 
 def when(moment: datetime) -> str:
