@@ -473,7 +473,9 @@ def test_the_cli_serves_with_custom_tokens_it_never_prints() -> None:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert "secret" not in line and "custom" in line
+        block = "".join(process.stdout.readline() for _ in range(3))  # the lines to paste
+        assert "secret" not in line + block
+        assert "the --client-token you gave" in block and "the --access-token you gave" in block
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
         assert match, line
         url = f"{match.group()}/api/connector/v1/services/getAll"
