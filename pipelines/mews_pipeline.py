@@ -88,7 +88,7 @@ def sync(
         report.seconds = time.monotonic() - started
         code, error = run_error(exc)
         if locked or code != EXIT_CONFIG:  # a configuration error leaves nothing behind
-            report.error = error
+            report.error, report.exit_code = error, code
             record_run(storage.runs_path, report, code)
         raise
     report.seconds = time.monotonic() - started

@@ -51,6 +51,7 @@ class RunReport:
     removed: Compacted = field(default_factory=new_compacted)  # by the clean-ups after loads
     published: str | None = None  # the analysts' copy this run published, if any
     error: str | None = None  # the one-sentence reason a failed run stopped
+    exit_code: int | None = None  # set when the run stopped with an error
 
     def summary(self) -> str:
         requests = sum(self.stats.requests.values())
@@ -60,7 +61,9 @@ class RunReport:
         if self.error is None:
             head = f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.where}"
         else:
-            head = f"mews-sync {self.kind} FAILED after {self.seconds:.1f} s: {self.error}"
+            # A run that found the destination busy did nothing, by design, as `status` says.
+            outcome = "SKIPPED" if self.exit_code == EXIT_BUSY else "FAILED"
+            head = f"mews-sync {self.kind} {outcome} after {self.seconds:.1f} s: {self.error}"
             tables = tables or "not counted (the run did not finish)"
         lines = [
             head,

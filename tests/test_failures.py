@@ -35,7 +35,7 @@ from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, bui
 from pipelines.failures import explain
 from pipelines.lock import SyncBusyError
 from pipelines.progress import Progress
-from pipelines.runs import read_runs
+from pipelines.runs import RunReport, read_runs
 from pipelines.storage import DuckDbStorage, configured_storage
 from sources.errors import MewsUnavailableError
 from sources.mews import SourceStats, walk_windows, window_work
@@ -607,10 +607,12 @@ def test_status_shows_a_run_refused_as_busy_as_skipped_not_as_a_failure(tmp_path
     target = Target(Sandbox.generate(orders=100, seed=19), tmp_path)
     target.sync()
     storage = DuckDbStorage.at(target.database)
+    report = RunReport(kind="run", where=str(target.database))
     with storage.lock(), pytest.raises(SyncBusyError):
-        target.sync()
+        target.sync(report=report)
     (_, busy) = read_runs(storage.runs_path)
     assert (busy["status"], busy["exit_code"]) == ("skipped", EXIT_BUSY)
+    assert report.summary().startswith("mews-sync run SKIPPED after ")
 
     assert main(["status", "--path", target.database]) == EXIT_OK
 
