@@ -436,6 +436,7 @@ def test_the_limiter_allows_fewer_requests_after_429s_and_recovers_slowly():
     for _ in range(61):
         limiter.acquire()
         starts.append(clock.now)
+        limiter.release()
     assert starts[0] == 5.0 and starts[59] == 5.0 and starts[60] >= 5.0 + 30.0
 
 

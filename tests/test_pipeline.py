@@ -19,7 +19,7 @@ from harness import (
 
 from mews_sandbox import Sandbox, SandboxTransport
 from pipelines import mews_pipeline
-from sources.mews import client
+from sources.mews.arrow_pages import ArrowPageReader
 
 ORDERS = "productServiceOrders/getAll"
 NOTES = "serviceOrderNotes/getAll"
@@ -206,26 +206,31 @@ def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
     assert_equals_truth(target)
 
 
-def test_pages_with_and_without_a_new_field_load_together(sandbox, tmp_path, monkeypatch):
-    """Pages of exactly the known fields are decoded by Arrow, a page with a field the API
-    added the general way; one sync holds both."""
+def test_pages_with_and_without_a_new_field_load_together_all_decoded_by_arrow(
+    sandbox, tmp_path, monkeypatch
+):
+    """A field the API added (text, an ISO time, an object) keeps its pages on the Arrow path;
+    one sync holds pages with and without it, and the field arrives as columns."""
     order_id = truth_orders(sandbox)[0][0]
-    sandbox.update_order(order_id, LoyaltyTier="Gold")
+    sandbox.update_order(
+        order_id, LoyaltyTier="Gold", ConsumedUtc="2026-01-03T00:00:00Z", Price={"Net": 9.5}
+    )
     by_arrow: list[bool] = []
-    read_arrow_page = client.read_arrow_page
+    read = ArrowPageReader.read
 
-    def recording(*args):
-        page = read_arrow_page(*args)
+    def recording(self, body):
+        page = read(self, body)
         by_arrow.append(page is not None)
         return page
 
-    monkeypatch.setattr(client, "read_arrow_page", recording)
+    monkeypatch.setattr(ArrowPageReader, "read", recording)
     target = Target(sandbox, tmp_path)
     target.sync(page_size=50)
-    assert True in by_arrow and False in by_arrow
+    assert by_arrow and all(by_arrow)
     assert target.rows(
-        "select id, loyalty_tier from mews.product_service_orders where loyalty_tier is not null"
-    ) == [(order_id, "Gold")]
+        "select id, loyalty_tier, consumed_utc, price__net from mews.product_service_orders "
+        "where loyalty_tier is not null"
+    ) == [(order_id, "Gold", "2026-01-03T00:00:00Z", 9.5)]
     assert_equals_truth(target)
 
 

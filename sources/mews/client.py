@@ -6,7 +6,6 @@ line, an exception message or `repr()`.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import ssl
@@ -25,7 +24,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pyarrow as pa
-import pyarrow.json as arrow_json
 
 from sources.errors import (  # re-exported: the source and the pipeline name them from here
     IntervalTooLongError,
@@ -38,6 +36,7 @@ from sources.errors import (  # re-exported: the source and the pipeline name th
     RequestTooHeavyError,
 )
 
+from .arrow_pages import ArrowPageReader
 from .settings import (
     API_PATH,
     BACKOFF_BASE_SECONDS,
@@ -119,8 +118,15 @@ class ClientStats(Counters):
 
 
 class SlidingWindowLimiter:
-    """At most `allowed` request starts in any `window_seconds`, shared by all threads of a
-    client, that is by one AccessToken; and a pause after a 429 that holds all of them.
+    """At most `allowed` requests in any `window_seconds`, shared by all threads of a client,
+    that is by one AccessToken; and a pause after a 429 that holds all of them.
+
+    A request holds its place in the window from its start until `window_seconds` after its
+    answer (`release`), not after its start: the server counts it at some moment in between,
+    which a loaded machine or a slow answer can move by more than any fixed margin (three
+    429s in the 2026-12-02 benchmark with a 0.5 s margin on starts). Counted so, request k
+    starts at least a window after request k - `allowed` was answered, so after the server
+    counted it, whatever the delays; it costs one answer time per window (some 0.1 s in 30).
 
     `allowed` starts at `max_requests`. Mews' limit is "best effort" and another process may
     share the token, so a 429 means the real limit is lower than ours for now: each 429
@@ -140,18 +146,19 @@ class SlidingWindowLimiter:
             raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
         self.max_requests = max_requests
         self.allowed = float(max_requests)
-        # A small margin: our start and the server's arrival are not the same instant.
-        self.window_seconds = window_seconds + min(0.5, window_seconds * 0.05)
+        self.window_seconds = window_seconds + min(0.1, window_seconds * 0.01)  # timer slack
         self._clock, self._sleep = clock, sleep
-        self._starts: deque[float] = deque()
+        self._in_flight = 0
+        self._answered: deque[float] = deque()  # when the requests of the window were answered
         self._lock = threading.Lock()
-        # Not `_lock`: a thread that got a 429 must not wait for one sleeping in acquire().
+        # Not `_lock`, which a caller holds while it sleeps: answers and 429s must get through.
+        self._count_lock = threading.Lock()
         self._rate_lock = threading.Lock()
         self._paused_until = float("-inf")
 
     def acquire(self) -> tuple[float, float]:
         """Block until a request may start; return the seconds waited for the window and for
-        a pause after a 429."""
+        a pause after a 429. Every acquire() needs its release() when the answer comes."""
         window_wait = pause_wait = 0.0
         # Holding the lock while sleeping is deliberate: every other caller would wait anyway,
         # and it keeps the order of requests fair.
@@ -163,16 +170,30 @@ class SlidingWindowLimiter:
                     self._sleep(pause)
                     pause_wait += pause
                     continue
-                while self._starts and self._starts[0] <= now - self.window_seconds:
-                    self._starts.popleft()
-                if len(self._starts) < int(self.allowed):
-                    self._starts.append(now)
-                    return window_wait, pause_wait
-                # Until enough starts have left the window (more than one after a 429 cut).
-                oldest_to_leave = self._starts[len(self._starts) - int(self.allowed)]
-                pause = oldest_to_leave + self.window_seconds - now
+                with self._count_lock:
+                    answered = self._answered
+                    while answered and answered[0] <= now - self.window_seconds:
+                        answered.popleft()
+                    over = self._in_flight + len(answered) - int(self.allowed) + 1
+                    if over <= 0:
+                        self._in_flight += 1
+                        return window_wait, pause_wait
+                    # Until enough answers have left the window, or (all places held by
+                    # requests under way) a little, to look again once one is answered.
+                    pause = (
+                        answered[over - 1] + self.window_seconds - now
+                        if over <= len(answered)
+                        else 0.05
+                    )
                 self._sleep(pause)
                 window_wait += pause
+
+    def release(self) -> None:
+        """The request an acquire() let start was answered (or failed): its place in the
+        window frees `window_seconds` from now."""
+        with self._count_lock:
+            self._in_flight -= 1
+            self._answered.append(self._clock())
 
     def throttled(self, pause: float) -> None:
         """A 429: no thread starts a request for `pause` seconds, and fewer start after."""
@@ -209,38 +230,6 @@ def retry_after_seconds(value: str | None, now: Callable[[], datetime]) -> float
         return max(0.0, (parsedate_to_datetime(value) - now()).total_seconds())
     except (TypeError, ValueError):
         return None
-
-
-def read_arrow_page(body: bytes, items_key: str, item_schema: pa.Schema) -> dict[str, Any] | None:
-    """`{items_key: Arrow table, "Cursor": ...}` when `body` is one JSON object whose items have
-    exactly the fields of `item_schema`, with those types; None for anything else (a field the
-    schema lacks, another type, not JSON), which the caller decodes the general way.
-
-    Arrow parses a page of 1,000 orders in about half the time orjson and `from_pylist` take.
-    """
-    item_type = pa.list_(pa.struct(list(item_schema)))
-    options = arrow_json.ParseOptions(
-        explicit_schema=pa.schema([(items_key, item_type), ("Cursor", pa.string())]),
-        unexpected_field_behavior="infer",  # then compared: new item fields go the general way
-        newlines_in_values=True,
-    )
-    try:
-        body_table = arrow_json.read_json(
-            io.BytesIO(body),
-            read_options=arrow_json.ReadOptions(use_threads=False, block_size=len(body) + 1),
-            parse_options=options,
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    if body_table.num_rows != 1 or not body_table.schema.field(items_key).type.equals(item_type):
-        return None
-    items = body_table.column(items_key).combine_chunks()
-    if items.null_count or items.values.null_count:
-        return None  # no items key, or an item that is null: the general way says what is wrong
-    return {
-        items_key: pa.Table.from_struct_array(items.flatten()),
-        "Cursor": body_table.column("Cursor")[0].as_py(),
-    }
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -396,6 +385,7 @@ class MewsClient:
         self.client_name = client or DEFAULT_CLIENT
         self.page_size, self.timeout = page_size, timeout
         self._page_sizes: dict[str, int] = {}  # per operation, once a 408 asked for less
+        self._page_readers: dict[str, ArrowPageReader] = {}
         self.max_retries, self.backoff_base, self.backoff_max = (
             max_retries,
             backoff_base,
@@ -436,12 +426,12 @@ class MewsClient:
         self,
         operation: str,
         payload: dict[str, Any],
-        arrow_items: tuple[str, pa.Schema] | None = None,
+        arrow_pages: ArrowPageReader | None = None,
     ) -> dict[str, Any]:
         """POST one operation, retrying what is worth retrying; return the decoded body.
 
-        With `arrow_items` (items key, item schema), a body of exactly that shape comes back
-        with its items as an Arrow table, decoded without making a Python object per item.
+        With `arrow_pages`, a body it can read comes back with its items as an Arrow table,
+        decoded without making a Python object per item.
         """
         content = json.dumps({**self._tokens, "Client": self.client_name, **payload}).encode()
         attempt = 0
@@ -453,7 +443,7 @@ class MewsClient:
                 self._count(limiter_wait_seconds=window_wait, throttle_wait_seconds=pause_wait)
             self._count(operation=operation)
             try:
-                response = self._http.post("/" + operation, content=content)
+                response = self._send(operation, content)
             except httpx.TransportError as exc:
                 if isinstance(exc, httpx.ReadTimeout) and operation.endswith("/getAll"):
                     # Sent and taken, but no answer in time: the same request would most likely
@@ -481,7 +471,7 @@ class MewsClient:
                 if status != 429 and self._limiter:
                     self._limiter.succeeded()
                 if status == 200:
-                    page = arrow_items and read_arrow_page(response.content, *arrow_items)
+                    page = arrow_pages and arrow_pages.read(response.content)
                     if page:
                         return page
                     try:
@@ -536,6 +526,13 @@ class MewsClient:
                 self._sleep(pause)
             attempt += 1
 
+    def _send(self, operation: str, content: bytes) -> httpx.Response:
+        try:
+            return self._http.post("/" + operation, content=content)
+        finally:
+            if self._limiter:
+                self._limiter.release()  # the answer is in: the window counts from now
+
     def _where(self) -> str:
         """host:port of the API, for people."""
         url = self._http.base_url
@@ -573,10 +570,10 @@ class MewsClient:
         of this operation for the rest of the client's life, down to MIN_PAGE_SIZE: a server
         that stalls on big pages would otherwise cost a timeout on every walk. With
         `item_schema`, a page whose items
-        have exactly those fields comes as an Arrow table (see `read_arrow_page`).
+        have those fields with those types comes as an Arrow table (see `ArrowPageReader`).
         """
         items_key = ITEMS_KEY[operation]
-        arrow_items = (items_key, item_schema) if item_schema is not None else None
+        arrow_pages = self._arrow_pages(operation, item_schema) if item_schema else None
         count, cursor = self._page_sizes.get(operation, self.page_size), None
         short = False  # the previous page had fewer items than asked for
         while True:
@@ -584,7 +581,7 @@ class MewsClient:
             if cursor:
                 limitation["Cursor"] = cursor
             try:
-                data = self.post(operation, {**filters, "Limitation": limitation}, arrow_items)
+                data = self.post(operation, {**filters, "Limitation": limitation}, arrow_pages)
             except RequestTooHeavyError:
                 if count <= MIN_PAGE_SIZE:
                     raise
@@ -611,6 +608,14 @@ class MewsClient:
             if next_cursor == cursor:
                 raise MewsResponseError(f"Mews {operation} returned the same cursor twice.")
             cursor, short = next_cursor, len(items) < count
+
+    def _arrow_pages(self, operation: str, item_schema: pa.Schema) -> ArrowPageReader:
+        """The operation's reader, which keeps what it learned of added fields across walks."""
+        reader = self._page_readers.get(operation)
+        if reader is None or reader.known is not item_schema:
+            reader = ArrowPageReader(ITEMS_KEY[operation], item_schema)
+            self._page_readers[operation] = reader
+        return reader
 
     # -- operations --------------------------------------------------------------------------
 

@@ -103,7 +103,12 @@ def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Colum
     `items` may also be a table already in `raw_schema(columns)`, which has no other fields.
     """
     if isinstance(items, pa.Table):
-        return with_keys_required(pa.table(_known_columns(items, columns)))
+        arrays = _known_columns(items, columns)
+        for path, array in _added_columns(items, columns).items():
+            name = _column_name(path)
+            if name not in arrays and array.null_count < len(array):
+                arrays[name] = array
+        return with_keys_required(pa.table(arrays))
     try:
         raw = pa.Table.from_pylist(list(items), schema=raw_schema(columns))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -111,10 +116,15 @@ def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Colum
     else:
         arrays = _known_columns(raw, columns)
     for path, values in _unknown_fields(items, columns).items():
-        name = _naming.normalize_path(_naming.make_path(*map(_naming.normalize_identifier, path)))
+        name = _column_name(path)
         if name not in arrays and any(v is not None for v in values):
             arrays[name] = _inferred_array(values)
     return with_keys_required(pa.table(arrays))
+
+
+def _column_name(path: tuple[str, ...]) -> str:
+    """dlt's name for the API field at `path` (one level of objects flattened)."""
+    return _naming.normalize_path(_naming.make_path(*map(_naming.normalize_identifier, path)))
 
 
 def _known_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[str, pa.Array]:
@@ -217,6 +227,25 @@ def _unknown_fields(
                 found[(key, child)] = _get_all(values, (child,))
         else:
             found[(key,)] = values
+    return found
+
+
+def _added_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[tuple[str, ...], pa.Array]:
+    """The fields of a page decoded into Arrow that no column reads, one level of objects
+    flattened: what `_unknown_fields` finds in decoded items, with the same types."""
+    known = raw_schema(columns)
+    found: dict[tuple[str, ...], pa.Array] = {}
+    for field in raw.schema:
+        if field.name in known.names and not pa.types.is_struct(field.type):
+            continue
+        values = raw.column(field.name).combine_chunks()
+        if not pa.types.is_struct(field.type):
+            found[(field.name,)] = values
+            continue
+        read = known.field(field.name).type if field.name in known.names else []
+        taken = {c.name for c in read}
+        for child in (name for name in field.type.names if name not in taken):
+            found[(field.name, child)] = pc.struct_field(values, child)
     return found
 
 
