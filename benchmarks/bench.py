@@ -70,7 +70,7 @@ SYNCS = {
 # -- the sandbox process ---------------------------------------------------------------------
 
 
-def serve(orders: int, latency: float, rate_limited: bool) -> None:
+def serve(orders: int, latency: float, rate_limited: bool, heavier: bool) -> None:
     """Serve a generated sandbox; print its URL; 'mutate N' on stdin changes N orders."""
     import random
 
@@ -78,7 +78,9 @@ def serve(orders: int, latency: float, rate_limited: bool) -> None:
     from mews_sandbox import serve as serve_sandbox  # this function is serve too
 
     config = SandboxConfig(
-        faults=Faults(latency_s=latency), rate_limit=(200, 30.0) if rate_limited else None
+        faults=Faults(latency_s=latency),
+        rate_limit=(200, 30.0) if rate_limited else None,
+        heavier_data=heavier,
     )
     sandbox = Sandbox.generate(orders=orders, seed=SEED, config=config, now=ANCHOR)
     # Changes are stamped an hour after the first sync's end, inside the nightly window.
@@ -423,7 +425,9 @@ def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[di
 
 
 class SandboxProcess:
-    def __init__(self, orders: int, latency: float = 0.0, rate_limited: bool = False):
+    def __init__(
+        self, orders: int, latency: float = 0.0, rate_limited: bool = False, heavier: bool = False
+    ):
         command = [
             sys.executable,
             __file__,
@@ -431,6 +435,7 @@ class SandboxProcess:
             str(orders),
             str(latency),
             "1" if rate_limited else "0",
+            "1" if heavier else "0",
         ]
         self.process = subprocess.Popen(
             command,
@@ -474,6 +479,86 @@ def row(label: str, results: list[dict], requests: dict[str, int], wall_key: str
         f"{rss:.0f} | {f'{rows / wall:,.0f}' if rows else '-'} | "
         f"{'-' if rows is None else f'{rows:,}'} | {total} |"
     )
+
+
+def bench_heavier(orders: int, repeats: int, folder: Path) -> list[str]:
+    """The first sync and its floor on the heavier data shape (about 2 notes per order, three
+    order fields and one note field the pipeline does not know), interleaved."""
+    sandbox = SandboxProcess(orders, heavier=True)
+    results: dict[str, list[dict]] = {"bare": [], "pipeline": []}
+    requests: dict[str, dict[str, int]] = {}
+    try:
+        measure("bare", sandbox.url, folder / "warm-up")
+        sandbox.requests()
+        for repeat in range(repeats):
+            for name in results:
+                results[name].append(measure(name, sandbox.url, folder / f"{name}{repeat}"))
+                requests[name] = sandbox.requests()
+                shutil.rmtree(folder / f"{name}{repeat}")
+    finally:
+        sandbox.close()
+    cpu = {name: median(r, "cpu") or 0.0 for name, r in results.items()}
+    return [
+        f"\n### {orders:,} orders, heavier shape (median of {repeats})\n",
+        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders+notes) "
+        "| requests |",
+        "|---|---|---|---|---|---|---|---|",
+        row("bare (floor)", results["bare"], requests["bare"]),
+        row("pipeline (DuckDB)", results["pipeline"], requests["pipeline"]),
+        f"\npipeline CPU / bare CPU = {cpu['pipeline'] / cpu['bare']:.2f}",
+    ]
+
+
+def bench_pages(repeats: int = 7, rounds: int = 50) -> list[str]:
+    """CPU per page of 1,000 orders, decoded and typed as the source does, with and without
+    three fields the pipeline does not know, and the general way for comparison."""
+    import orjson
+
+    from mews_sandbox import Sandbox, SandboxConfig
+    from sources.mews.arrow_pages import ArrowPageReader
+    from sources.mews.tables import ORDER_COLUMNS, raw_schema, to_table
+
+    def page(heavier: bool) -> bytes:
+        sandbox = Sandbox.generate(
+            orders=1000, seed=SEED, config=SandboxConfig(heavier_data=heavier), now=ANCHOR
+        )
+        return orjson.dumps({"ProductServiceOrders": sandbox.orders(), "Cursor": "c"})
+
+    def arrow(body: bytes) -> None:
+        reader = ArrowPageReader("ProductServiceOrders", raw_schema(ORDER_COLUMNS))
+        for _ in range(rounds):  # one reader per walk, as the client keeps one per operation
+            decoded = reader.read(body)
+            assert decoded is not None
+            to_table(decoded["ProductServiceOrders"], ORDER_COLUMNS)
+
+    def general(body: bytes) -> None:
+        for _ in range(rounds):
+            to_table(orjson.loads(body)["ProductServiceOrders"], ORDER_COLUMNS)
+
+    bodies = {"known fields only": page(False), "three added fields": page(True)}
+    timings: dict[str, list[float]] = {}
+    for _ in range(repeats):  # interleaved
+        for label, body in bodies.items():
+            for way, decode in (("Arrow", arrow), ("general", general)):
+                started = time.process_time()
+                decode(body)
+                ms = (time.process_time() - started) * 1000 / rounds
+                timings.setdefault(f"{label}, {way}", []).append(ms)
+    ms = {label: statistics.median(values) for label, values in timings.items()}
+    lines = [
+        f"\n### A page of 1,000 orders, decoded and typed (CPU ms, median of {repeats} x "
+        f"{rounds})\n",
+        "| page | bytes | Arrow | general way |",
+        "|---|---|---|---|",
+    ]
+    for label, body in bodies.items():
+        lines.append(
+            f"| {label} | {len(body):,} | {ms[f'{label}, Arrow']:.2f} | "
+            f"{ms[f'{label}, general']:.2f} |"
+        )
+    ratio = ms["three added fields, Arrow"] / ms["known fields only, Arrow"]
+    lines.append(f"\nadded fields / known only (Arrow) = {ratio:.2f}")
+    return lines
 
 
 def bench_size(
@@ -676,6 +761,12 @@ def main() -> None:
         help="also run the rate-limited scenario with this many orders",
     )
     parser.add_argument(
+        "--heavier",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the first sync on the heavier data shape, at each size (default)",
+    )
+    parser.add_argument(
         "--postgres",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -689,12 +780,15 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}"
     ]
+    lines += bench_pages()
     with tempfile.TemporaryDirectory() as tmp, postgres_server(args.postgres) as postgres:
         for orders in args.orders:
             repeats = args.repeats if orders <= 200_000 else 1
             folder = Path(tmp) / str(orders)
             lines += bench_size(orders, repeats, orders <= args.naive_max_orders, folder, postgres)
             shutil.rmtree(folder)
+            if args.heavier:
+                lines += bench_heavier(orders, repeats, Path(tmp) / f"{orders}-heavier")
             print("\n".join(lines), flush=True)
         if args.rate_limited:
             lines += bench_rate_limited(args.rate_limited, Path(tmp) / "rate")
@@ -703,7 +797,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        serve(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1")
+        serve(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1")
     elif len(sys.argv) > 1 and sys.argv[1] == "scenario":
         print(json.dumps(scenario(*sys.argv[2:6], rate_limited=sys.argv[6] == "1")))
     else:

@@ -109,6 +109,9 @@ class SandboxConfig:
     null_note_text: float = 0.02
     """Share of generated notes whose Text is null (the spec makes no note field required).
     Read by Sandbox.generate."""
+    heavier_data: bool = False
+    """Generated data of the heavier shape: about 2 notes per order, three order fields and one
+    note field the pipeline does not know (see data.generate). Read by Sandbox.generate."""
     rate_limit: tuple[int, float] | None = None
     """(requests, seconds): a sliding window per AccessToken; 429 beyond it. Mews: (200, 30)."""
     faults: Faults = field(default_factory=Faults)
@@ -354,7 +357,8 @@ class Sandbox:
         with data.paused_gc():
             dataset = data.generate(orders, seed, now or _default_anchor(),
                                     legacy_values=config.legacy_values,
-                                    null_note_text=config.null_note_text)
+                                    null_note_text=config.null_note_text,
+                                    heavier=config.heavier_data)
             return cls(config, dataset=dataset, seed=seed)
 
     # --- tokens -------------------------------------------------------------------------

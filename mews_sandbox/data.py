@@ -130,6 +130,7 @@ class Note:
     CreatedUtc: float
     UpdatedUtc: float
     deleted: bool = False  # kept as a tombstone so a cursor pointing at it stays valid
+    extra: dict[str, Any] | None = None  # fields the API may add one day; shared, never mutated
 
 
 @dataclass
@@ -211,11 +212,16 @@ def order_json(o: Order) -> bytes:
 
 
 def note_to_api(note: Note, shape: NoteShape) -> dict[str, Any]:
+    api: dict[str, Any]
     if shape == "seed":
-        return {"Id": note.Id, "ServiceOrderId": note.OrderId, "Text": note.Text,
-                "Type": note.Type, "CreatedUtc": fmt_ts(note.CreatedUtc)}
-    return {"Id": note.Id, "OrderId": note.OrderId, "Text": note.Text, "Type": note.Type,
-            "CreatedUtc": fmt_ts(note.CreatedUtc), "UpdatedUtc": fmt_ts(note.UpdatedUtc)}
+        api = {"Id": note.Id, "ServiceOrderId": note.OrderId, "Text": note.Text,
+               "Type": note.Type, "CreatedUtc": fmt_ts(note.CreatedUtc)}
+    else:
+        api = {"Id": note.Id, "OrderId": note.OrderId, "Text": note.Text, "Type": note.Type,
+               "CreatedUtc": fmt_ts(note.CreatedUtc), "UpdatedUtc": fmt_ts(note.UpdatedUtc)}
+    if note.extra:
+        api.update(note.extra)
+    return api
 
 
 def enterprise_to_api(e: Enterprise) -> dict[str, Any]:
@@ -298,9 +304,11 @@ def paused_gc() -> Iterator[None]:
 
 
 def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = False,
-             null_note_text: float = 0.0) -> Dataset:
+             null_note_text: float = 0.0, heavier: bool = False) -> Dataset:
     """Same arguments -> identical data. Nothing is later than `now`. `legacy_values` and
-    `null_note_text` change only the values they name: the random draws stay the same."""
+    `null_note_text` change only the values they name: the random draws stay the same.
+    `heavier`: about 2 notes per order instead of 1.6, and fields the pipeline does not know,
+    three on orders and one on notes, as real Mews adds them (drawn from an RNG of their own)."""
     rng = random.Random(seed)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -402,10 +410,14 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
             Options=options,
         ))
 
-    note_counts = rng.choices(range(6), (30, 25, 20, 12, 8, 5), k=orders)
+    note_counts = rng.choices(range(6), (20, 25, 20, 15, 12, 8) if heavier
+                              else (30, 25, 20, 12, 8, 5), k=orders)
     if orders >= 5000:  # a few orders whose notes alone need more than one page
         for i in rng.sample(range(orders), 3):
             note_counts[i] = 1001 + int(rand() * 1500)
+    if heavier:
+        add_unknown_order_fields(data.orders, random.Random(f"added-{seed}"))
+    privacy = ({"IsPrivate": False}, {"IsPrivate": True}) if heavier else (None, None)
     note_types = iter(rng.choices(NOTE_TYPES, NOTE_TYPE_WEIGHTS, k=sum(note_counts)))
     for order, count in zip(data.orders, note_counts, strict=True):
         # Notes fall between the order's creation and its last update, which is consistent
@@ -421,5 +433,15 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
                 seq=len(data.notes), Id=new_id(rng), OrderId=order.Id,
                 Text=text, Type=note_type, CreatedUtc=created,
                 UpdatedUtc=created + int(rand() * (order.UpdatedUtc - created + 1)) if edited
-                else created))
+                else created, extra=privacy[len(data.notes) % 10 == 0]))
     return data
+
+
+def add_unknown_order_fields(orders: list[Order], rng: random.Random) -> None:
+    """Text, an ISO time (which Arrow would read as a timestamp) and a number."""
+    for order in orders:
+        order.extra = {
+            "ExternalIdentifier": f"EXT-{order.Number}" if rng.random() < 0.6 else None,
+            "ConsumedUtc": fmt_ts(order.UpdatedUtc) if order.State == "Processed" else None,
+            "Quantity": 1 + int(rng.random() * 4),
+        }
