@@ -17,7 +17,7 @@ from harness import (
     truth_orders,
 )
 
-from mews_sandbox import Sandbox, SandboxTransport
+from mews_sandbox import Sandbox, SandboxConfig, SandboxTransport
 from pipelines import mews_pipeline
 from sources.mews.arrow_pages import ArrowPageReader
 
@@ -204,6 +204,32 @@ def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
         f"select state, loyalty_tier from mews.product_service_orders where id = '{order_id}'"
     ) == [("Waitlisted", "Gold")]
     assert_equals_truth(target)
+
+
+def test_fields_the_pipeline_does_not_know_arrive_as_columns_equal_to_the_api(
+    tmp_path, postgres
+):
+    """The heavier data shape: three order fields and one note field outside the known
+    columns, on every page; each is a column, typed as its values, equal to what Mews sent."""
+    sandbox = Sandbox.generate(orders=1500, seed=23, config=SandboxConfig(heavier_data=True))
+    target = Target(sandbox, tmp_path, postgres=postgres)
+    target.sync(page_size=200)
+    assert_equals_truth(target)
+    orders = target.rows(
+        "select id, external_identifier, consumed_utc, quantity from mews.product_service_orders"
+    )
+    assert sorted(orders) == sorted(
+        (o["Id"], o["ExternalIdentifier"], o["ConsumedUtc"], o["Quantity"])
+        for o in sandbox.orders()
+        if o["ServiceId"] in product_service_ids(sandbox)
+    )
+    assert any(consumed for _, _, consumed, _ in orders)  # ISO texts, kept as Mews sent them
+    notes = target.rows("select id, is_private from mews.service_order_notes")
+    expected = {n["Id"]: n["IsPrivate"] for n in sandbox.notes()}
+    assert {note_id: private for note_id, private in notes} == {
+        note_id: expected[note_id] for note_id, _ in notes
+    }
+    assert {private for _, private in notes} == {True, False}
 
 
 def test_pages_with_and_without_a_new_field_load_together_all_decoded_by_arrow(
