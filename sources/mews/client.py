@@ -240,15 +240,11 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 
 def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[list[str]]:
-    """Consecutive lists of at most `size` ids."""
-    batch: list[str] = []
-    for item in ids:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """Consecutive lists of at most `size` ids (slices: a batch of notes requests is 1000
+    ids, taken one by one 200 times a first sync of 200,000 orders)."""
+    ids = ids if isinstance(ids, list) else list(ids)
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def asks_for_nothing(*id_lists: list[str] | None) -> bool:
