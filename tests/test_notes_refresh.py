@@ -70,8 +70,9 @@ def changed_notes_without_bumping(sandbox):
 
 @pytest.mark.parametrize(
     ("days", "runs", "step"),
-    [(7, 7, timedelta(days=1)), (0.25, 6, timedelta(hours=1))],
-    ids=["nightly", "hourly"],
+    # A whole period each: 3 nightly runs of a 3-day refresh, 3 runs 2 hours apart of 6 hours.
+    [(3, 3, timedelta(days=1)), (0.25, 3, timedelta(hours=2))],
+    ids=["nightly", "several-a-day"],
 )
 def test_notes_changed_without_bumping_their_order_are_loaded_within_the_period(
     tmp_path, days, runs, step

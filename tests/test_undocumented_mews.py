@@ -252,7 +252,7 @@ def test_a_retry_after_beyond_the_cap_stops_the_cli_at_once_with_exit_4(tmp_path
 
 def test_the_retry_after_cap_is_a_setting(tmp_path):
     sandbox = lagging_sandbox(orders=300, seed=28)
-    sandbox.config.faults = Faults(error_429=0.2, seed=3)  # each with Retry-After: 1
+    sandbox.config.faults = Faults(error_429=0.05, seed=3)  # each with Retry-After: 1 (6 of them)
     with pytest.raises(Exception, match=r"asked to wait 1 s, more than the 0.5 s"):
         Target(sandbox, tmp_path / "capped").sync(max_retry_after_seconds=0.5)
     target = Target(sandbox, tmp_path / "waits")
