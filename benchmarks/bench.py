@@ -49,6 +49,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from isolated import isolated_env  # noqa: E402 - a script beside this one
 
 SEED = 7
 ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)  # the sandbox's "now": data never newer
@@ -388,15 +390,8 @@ def cli_env(url: str, folder: Path) -> dict[str, str]:
     and dlt's data folder in `folder`, and nothing of this machine's own settings."""
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_"))
-    }
+    env = isolated_env(REPO, folder, folder / "cli.duckdb")
     env.update(
-        PYTHONPATH=str(REPO),
-        DLT_DATA_DIR=str(folder / "dlt_data"),
-        DESTINATION__DUCKDB__CREDENTIALS=str(folder / "cli.duckdb"),
         SOURCES__MEWS__PLATFORM_URL=url,
         SOURCES__MEWS__CLIENT_TOKEN=DEMO_CLIENT_TOKEN,
         SOURCES__MEWS__ACCESS_TOKEN=DEMO_PORTFOLIO_ACCESS_TOKEN,

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from isolated import isolated_env  # a script beside this one
+
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"--help": 0.3, "--version": 0.3, "status": 0.6, 'query "select 1"': 0.6}
 
@@ -50,16 +52,7 @@ def main() -> None:
     repo = args.repo.resolve()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SOURCES__", "DESTINATION__", "MEWS_SYNC__", "DLT_"))
-        }
-        env.update(
-            PYTHONPATH=str(repo),
-            DLT_DATA_DIR=str(folder / "dlt_data"),
-            DESTINATION__DUCKDB__CREDENTIALS=str(folder / "mews_sync.duckdb"),
-        )
+        env = isolated_env(repo, folder, folder / "mews_sync.duckdb")
         cli = mews_sync(repo)
         made = subprocess.run(
             [*cli, "demo", "--orders", "500", "--path", str(folder / "mews_sync.duckdb")],

@@ -38,7 +38,7 @@ class ArrowPageReader:
         if items is None:
             return None
         found = items[0].type.value_type
-        if found.num_fields > len(self.schema) or found != pa.struct(list(self.schema)):
+        if found != pa.struct(list(self.schema)):
             # Fields the API added: declared from now on, since inferring them costs more
             # than parsing them (a page with three: 1.45x the parse time inferred).
             self.schema, timestamps = _learned(found, self.schema)
