@@ -240,8 +240,7 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 
 def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[list[str]]:
-    """Consecutive lists of at most `size` ids (slices: a batch of notes requests is 1000
-    ids, taken one by one 200 times a first sync of 200,000 orders)."""
+    """Consecutive lists of at most `size` ids, as slices of the list."""
     ids = ids if isinstance(ids, list) else list(ids)
     for start in range(0, len(ids), size):
         yield ids[start : start + size]

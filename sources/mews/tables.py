@@ -100,7 +100,8 @@ KEY_COLUMNS = ("id", "service_order_id")  # the primary key, and the notes' merg
 def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Column]) -> pa.Table:
     """A typed table of `items`: the known columns first, then any field the API added.
 
-    `items` may also be a table already in `raw_schema(columns)`, which has no other fields.
+    `items` may also be a table of a page decoded by `ArrowPageReader`: the fields of
+    `raw_schema(columns)`, and any others as Arrow read them (values, objects of values).
     """
     if isinstance(items, pa.Table):
         arrays = _known_columns(items, columns)
