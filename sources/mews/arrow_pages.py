@@ -48,7 +48,8 @@ class ArrowPageReader:
                 if items is None:
                     return None
         items_type = items[0].type.value_type
-        if not all(_flat(field, self.known) for field in items_type):
+        known_names = set(self.known.names)
+        if not all(_flat(field, known_names) for field in items_type):
             return None  # an added list or object in an object: the general way makes it text
         return {
             self.items_key: pa.Table.from_struct_array(items[0].values),
@@ -114,9 +115,9 @@ def _as_declared(field: pa.Field) -> pa.Field:
     return pa.field(field.name, pa.string()) if pa.types.is_timestamp(field.type) else field
 
 
-def _flat(field: pa.Field, known: pa.Schema) -> bool:
+def _flat(field: pa.Field, known_names: set[str]) -> bool:
     """Whether `field` needs nothing but Arrow: known, a value, or an object of values."""
-    if field.name in known.names and not pa.types.is_struct(field.type):
+    if field.name in known_names and not pa.types.is_struct(field.type):
         return True
     if pa.types.is_struct(field.type):
         return not any(pa.types.is_nested(child.type) for child in field.type)

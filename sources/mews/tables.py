@@ -235,15 +235,16 @@ def _added_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[tuple[str, 
     """The fields of a page decoded into Arrow that no column reads, one level of objects
     flattened: what `_unknown_fields` finds in decoded items, with the same types."""
     known = raw_schema(columns)
+    known_names = set(known.names)  # a new list on every access of `names`
     found: dict[tuple[str, ...], pa.Array] = {}
     for field in raw.schema:
-        if field.name in known.names and not pa.types.is_struct(field.type):
+        if field.name in known_names and not pa.types.is_struct(field.type):
             continue
         values = raw.column(field.name).combine_chunks()
         if not pa.types.is_struct(field.type):
             found[(field.name,)] = values
             continue
-        read = known.field(field.name).type if field.name in known.names else []
+        read = known.field(field.name).type if field.name in known_names else []
         taken = {c.name for c in read}
         for child in (name for name in field.type.names if name not in taken):
             found[(field.name, child)] = pc.struct_field(values, child)
