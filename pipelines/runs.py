@@ -43,6 +43,7 @@ class RunReport:
 
     kind: str
     where: str  # the destination, as a person names it: a file path or a database URL
+    property: str | None = None  # the property (its dlt pipeline); None: the default one
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
     stats: ClientStats = field(default_factory=new_client_stats)
@@ -58,12 +59,13 @@ class RunReport:
         per_op = ", ".join(f"{op} {n}" for op, n in sorted(self.stats.requests.items()))
         tables = ", ".join(f"{t} {n}" for t, n in self.table_rows.items())
         read = self.read
+        what = f"mews-sync {self.kind}" + (f" of {self.property}" if self.property else "")
         if self.error is None:
-            head = f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.where}"
+            head = f"{what} finished in {self.seconds:.1f} s into {self.where}"
         else:
             # A run that found the destination busy did nothing, by design, as `status` says.
             outcome = "SKIPPED" if self.exit_code == EXIT_BUSY else "FAILED"
-            head = f"mews-sync {self.kind} {outcome} after {self.seconds:.1f} s: {self.error}"
+            head = f"{what} {outcome} after {self.seconds:.1f} s: {self.error}"
             tables = tables or "not counted (the run did not finish)"
         lines = [
             head,
@@ -94,6 +96,7 @@ class RunReport:
         """The run as one JSON-able line: counts and the error sentence, never a token."""
         return {
             "kind": self.kind,
+            "property": self.property,
             "started": self.started.isoformat(timespec="seconds"),
             "finished": (self.started + timedelta(seconds=self.seconds)).isoformat(
                 timespec="seconds"

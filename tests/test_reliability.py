@@ -266,7 +266,7 @@ def test_bad_input_gets_one_sentence_exit_2_and_changes_nothing(
 
 def test_a_second_run_on_the_same_file_stops_with_a_clear_message(served, tmp_path):
     env = cli_env(tmp_path, served)
-    with DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).lock():
+    with DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).run_lock("mews_sync"):
         result = cli(env, "run", cwd=tmp_path)
     assert result.returncode == EXIT_BUSY
     assert "Another mews-sync run is using" in one_sentence(result.stderr)
