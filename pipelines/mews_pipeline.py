@@ -109,9 +109,10 @@ def load(
     # The fast path where it was measured: append, then remove what the load superseded.
     compacting = destination in ROW_ID
     if pipeline.has_pending_data:
-        # A run was killed after extracting: finish its load first, or dlt would load only
-        # that and drop what this run extracts.
-        log.warning("finishing the load an interrupted run left behind")
+        # A run stopped after extracting (killed, or another process opened the DuckDB file
+        # before its load): finish that load first, or dlt would load only that and drop what
+        # this run extracts.
+        log.warning("finishing the load an earlier run left pending")
         pipeline.run()
     while True:
         if compacting:

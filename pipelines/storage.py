@@ -106,9 +106,11 @@ class DuckDbStorage:
     def lock(self) -> Iterator[None]:
         """The run's lock beside the file, then a check that the file can be written."""
         self.check()
+        # `query` and `status` read the analysts' copy; only while there is none yet do they
+        # read this file, under the same lock, shared.
         busy = (
-            f"Another mews-sync run is using {self.path} (or a query is reading it); wait "
-            "for it to finish."
+            f"Another mews-sync run is using {self.path} (or, until a run has published the "
+            "analysts' copy, a `mews-sync query` or `status` reading it); wait for it to finish."
         )
         with file_lock(self.lock_path, busy):
             check_duckdb_file(self.path)
@@ -162,8 +164,8 @@ def check_duckdb_file(path: Path) -> None:
         text = str(exc)
         if "Could not set lock" in text or "Conflicting lock" in text:
             raise SyncBusyError(
-                f"Another process has {path} open (a BI tool, `duckdb -readonly`, a "
-                "notebook?): close it and try again; analysts should read the analytics copy "
+                f"Another process has {path} open (a BI tool, a notebook, `duckdb "
+                "-readonly`?): close it and try again; analysts should read the analytics copy "
                 "instead."
             ) from None
         raise damaged(path, text.strip().splitlines()[0]) from None
