@@ -41,6 +41,7 @@ from pipelines.failures import (
     EXIT_UNAVAILABLE,
     INTERRUPTED,
     explain,
+    raised_by,
 )
 from sources.errors import MewsConfigError
 
@@ -373,7 +374,7 @@ def query_command(args: argparse.Namespace) -> int:
         try:
             columns, rows = interruptible(reader, run_query)
         except Exception as exc:  # noqa: BLE001 - DuckDB's or PostgreSQL's refusal of the SQL
-            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb", "psycopg2"):
+            if not raised_by(exc, "duckdb", "psycopg2"):
                 raise
             raise MewsConfigError(f"The query failed: {first_line(exc)}") from None
     if not columns:

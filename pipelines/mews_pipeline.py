@@ -151,11 +151,12 @@ def load(
     compacting = pipeline.destination.destination_name in ROW_ID
     with storage.lock(wait):
         # The state as the destination has it (a new working folder, another machine), and
-        # what a killed run left: its extracted or normalized packages, loaded first so that
-        # they are never dropped, then its clean-up.
+        # what a run stopped after extracting left (killed, or another process opened the
+        # DuckDB file before its load): its packages, loaded first so that they are never
+        # dropped, then its clean-up.
         pipeline.sync_destination()
         if pipeline.has_pending_data:
-            log.warning("finishing the load an interrupted run left behind")
+            log.warning("finishing the load an earlier run left pending")
             pipeline.normalize()
             pipeline.load()
         if compacting:

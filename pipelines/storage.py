@@ -120,9 +120,13 @@ class DuckDbStorage:
         """The file's write lock (DuckDB has one writer at a time), waiting at most `wait`
         seconds for another property's load, then a check that the file can be written."""
         self.check()
+        # `query` and `status` read the analysts' copy; only while there is none yet do they
+        # read this file, under the same lock, shared.
         busy = (
-            f"Another mews-sync run kept {self.path} busy for over {wait:.0f} s; wait for it "
-            "to finish (MEWS_SYNC__LOAD_WAIT_SECONDS sets how long a run waits)."
+            f"Another mews-sync run kept {self.path} busy for over {wait:.0f} s (or, until a "
+            "run has published the analysts' copy, a `mews-sync query` or `status` reading "
+            "it); wait for it to finish (MEWS_SYNC__LOAD_WAIT_SECONDS sets how long a run "
+            "waits)."
             if wait
             else f"Another mews-sync run is loading into {self.path}; wait for it to finish."
         )
@@ -178,8 +182,8 @@ def check_duckdb_file(path: Path) -> None:
         text = str(exc)
         if "Could not set lock" in text or "Conflicting lock" in text:
             raise SyncBusyError(
-                f"Another process has {path} open (a BI tool, `duckdb -readonly`, a "
-                "notebook?): close it and try again; analysts should read the analytics copy "
+                f"Another process has {path} open (a BI tool, a notebook, `duckdb "
+                "-readonly`?): close it and try again; analysts should read the analytics copy "
                 "instead."
             ) from None
         raise damaged(path, text.strip().splitlines()[0]) from None
