@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import dlt
@@ -70,8 +69,6 @@ def sync(
         "max_orders_per_load",
         dlt.config.get("sources.mews.max_orders_per_load", int) or MAX_ORDERS_PER_LOAD,
     )
-    # Every step of this run ends at the same moment.
-    source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
     started = time.monotonic()
     locked = False
     try:
@@ -79,6 +76,9 @@ def sync(
         # Made once before anything is locked or written: its configuration errors come
         # first, and it reads the services (a wrong address, unknown services).
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+        # Every step of this run ends where the first does: at Mews' clock as it listed the
+        # services, unless the caller set an end.
+        source_args["end_date"] = format_utc(report.read.end)
         with storage.lock(), Progress(report.read, report.stats):
             locked = True
             pipeline = build_pipeline(storage, pipeline_name, pipelines_dir)
