@@ -14,7 +14,10 @@ from harness import FakeClock, Target, assert_equals_truth, product_service_ids,
 from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, cli, cli_env
 
 from mews_sandbox import Sandbox, SandboxConfig, serve
-from pipelines.runs import clock_warning
+from pipelines.failures import EXIT_OK
+from pipelines.runs import RunReport, clock_warning, read_runs, record_run
+from pipelines.status import run_lines
+from pipelines.storage import DuckDbStorage
 from sources.mews.client import (
     ClientStats,
     MewsClient,
@@ -298,3 +301,14 @@ def test_the_cli_on_a_machine_10_minutes_ahead_loses_no_order(tmp_path):
     for result in (first, second):
         assert result.returncode == 0, result.stderr
         assert "this machine's clock is 10 minutes ahead of Mews' clock" in result.stdout
+
+
+def test_status_repeats_the_last_successful_runs_clock_warning(tmp_path):
+    storage = DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb"))
+    report = RunReport(kind="run", where=storage.where)
+    report.stats.mews_clock_offset = 600.2
+    record_run(storage.runs_path, report, EXIT_OK)
+
+    lines = run_lines(storage, read_runs(storage.runs_path), datetime.now(UTC))
+
+    assert "    WARNING: this machine's clock is 10 minutes behind Mews' clock" in "\n".join(lines)
