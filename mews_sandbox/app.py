@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from operator import attrgetter
 from typing import Any, Literal, TypeVar
 
@@ -127,6 +128,9 @@ class SandboxConfig:
     updated_utc_required: bool = False
     """productServiceOrders/getAll refuses a request without UpdatedUtc (one seed says so; the
     current docs make it optional)."""
+    date_header: bool = True
+    """Every answer carries a Date header from `Sandbox.clock`, as Mews' do (HTTP/1.1 asks it
+    of every server with a clock); off: none, as behind a proxy that drops it."""
 
 
 @dataclass(frozen=True)
@@ -323,7 +327,10 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None, *,
                  dataset: data.Dataset | None = None, seed: int = 0) -> None:
         self.config = config or SandboxConfig()
-        self.clock: Callable[[], datetime] = _utcnow
+        self.clock: Callable[[], datetime] = _utcnow  # Mews' clock: changes, Date headers
+        # Changes are stamped this long before `clock`: a transaction stamped when it began
+        # that commits later (what a sync's overlap is for).
+        self.commit_delay = timedelta(0)
         self.client_token = DEMO_CLIENT_TOKEN
         self.log = RequestLog()
         self._lock = threading.RLock()
@@ -441,7 +448,7 @@ class Sandbox:
     # --- state changes (callers hold the lock) --------------------------------------------
 
     def _ts(self, at: datetime | None) -> float:
-        ts = data.to_ts(at if at is not None else self.clock())
+        ts = data.to_ts(at if at is not None else self.clock() - self.commit_delay)
         assert ts is not None
         return ts
 
@@ -563,6 +570,9 @@ class Sandbox:
             response = SandboxResponse(500, _headers(request_id), _dumps({
                 "Message": "Unexpected error.", "RequestId": request_id,
                 "Details": f"{type(error).__name__}: {error}"}))
+        if response.status and self.config.date_header:
+            # Whole seconds, cut (not rounded), as HTTP servers format them.
+            response.headers["Date"] = format_datetime(self.clock().astimezone(UTC), usegmt=True)
         self.log.append(LoggedRequest(operation, response.status, _redact(payload), time.time()))
         return response
 

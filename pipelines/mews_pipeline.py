@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import dlt
@@ -90,8 +89,6 @@ def sync(
     name = pipeline_name(property)
     report = report or RunReport(kind=kind, where=storage.where)
     report.property = property
-    # Every step of this run ends at the same moment.
-    source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
     started = time.monotonic()
     locked = False
     try:
@@ -100,6 +97,9 @@ def sync(
             # Made once before anything is locked or written: its configuration errors come
             # first, and it reads the services (a wrong address, unknown services).
             source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+            # Every step of this run ends where the first does: at Mews' clock as it listed the
+            # services, unless the caller set an end.
+            source_args["end_date"] = format_utc(report.read.end)
             with storage.run_lock(name), Progress(report.read, report.stats):
                 locked = True
                 pipeline = build_pipeline(storage, name, pipelines_dir)

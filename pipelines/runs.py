@@ -86,6 +86,8 @@ class RunReport:
             f"{self.removed.superseded_notes} notes read again; "
             f"{self.removed.deleted_notes} notes deleted in Mews",
         ]
+        if (warning := clock_warning(self.stats.mews_clock_offset)) is not None:
+            lines.append(f"  {warning}")
         if read.refresh_days:
             lines.append(f"  {refresh_line(read, self.table_rows.get('product_service_orders'))}")
         if self.published:
@@ -94,6 +96,7 @@ class RunReport:
 
     def record(self, exit_code: int) -> dict[str, Any]:
         """The run as one JSON-able line: counts and the error sentence, never a token."""
+        offset = self.stats.mews_clock_offset  # seconds Mews' clock is ahead of this machine's
         return {
             "kind": self.kind,
             "property": self.property,
@@ -122,8 +125,27 @@ class RunReport:
             "end_probes": self.stats.end_probes,
             "timeouts": self.stats.timeouts,
             "too_long_windows": self.stats.too_long_windows,
+            "mews_clock_offset": offset if offset is None else round(offset, 1),
             "table_rows": self.table_rows,
         }
+
+
+# Within this, a clock is taken as right: the Date header alone is off by up to a second and
+# an answer's trip, and NTP keeps clocks within milliseconds.
+CLOCK_SKEW_WARNING_SECONDS = 60
+
+
+def clock_warning(mews_clock_offset: float | None) -> str | None:
+    """The line saying this machine's clock is off from Mews' (offset: seconds Mews' clock is
+    ahead), or None within a minute or when Mews sent no Date header."""
+    if mews_clock_offset is None or abs(mews_clock_offset) <= CLOCK_SKEW_WARNING_SECONDS:
+        return None
+    minutes = round(abs(mews_clock_offset) / 60, 1)
+    side = "ahead of" if mews_clock_offset < 0 else "behind"
+    return (
+        f"WARNING: this machine's clock is {minutes:g} minutes {side} Mews' clock; the windows "
+        "follow Mews' clock, but fix this machine's time sync (NTP)"
+    )
 
 
 def refresh_line(read: SourceStats, stored_orders: int | None) -> str:

@@ -17,7 +17,7 @@ import duckdb
 from pipelines.failures import EXIT_BUSY
 from pipelines.lock import SyncBusyError, file_lock
 from pipelines.properties import pipeline_name
-from pipelines.runs import read_runs
+from pipelines.runs import clock_warning, read_runs
 from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, check_whole, damaged
 from pipelines.views import TABLES
 from sources.errors import MewsConfigError
@@ -362,6 +362,8 @@ def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> li
             f"{ok['windows']} windows, {ok['notes']} notes; {ok['requests']} requests, "
             f"{ok['retries']} retries, {ok['throttled']} 429s",
         ]
+        if warning := clock_warning(ok.get("mews_clock_offset")):
+            out.append(f"    {warning}")
     else:
         out.append("  last success: none recorded")
     if failed:

@@ -115,6 +115,9 @@ class ClientStats(Counters):
     # The API answered at least once in this run (the stats are the run's, across its steps):
     # until then, a failure to reach it is most likely a wrong address, said at once.
     reached: bool = False
+    # Seconds Mews' clock is ahead of this machine's (negative: behind), from the Date header
+    # of the latest answer that had a valid one; None until then.
+    mews_clock_offset: float | None = None
 
 
 class SlidingWindowLimiter:
@@ -226,10 +229,20 @@ def retry_after_seconds(value: str | None, now: Callable[[], datetime]) -> float
         return max(0.0, float(value))
     except ValueError:
         pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - now()).total_seconds())
-    except (TypeError, ValueError):
+    moment = http_date(value)
+    return None if moment is None else max(0.0, (moment - now()).total_seconds())
+
+
+def http_date(value: str | None) -> datetime | None:
+    """The moment in an HTTP-date header (whole seconds, UTC), or None if it is missing or not
+    a date."""
+    if not value:
         return None
+    try:
+        moment = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -460,6 +473,7 @@ class MewsClient:
                     pause = min(1.0, self.backoff_base) * (attempt + 1)
             else:
                 first, self.stats.reached = not self.stats.reached, True
+                self._note_mews_clock(response)
                 if error := not_the_api(response, operation, self._where(), first):
                     raise error
                 status = response.status_code
@@ -482,9 +496,8 @@ class MewsClient:
                         return data
                 elif status == 429:
                     failure = "rate limited (429)"
-                    pause = retry_after_seconds(
-                        response.headers.get("Retry-After"), lambda: datetime.now(UTC)
-                    )
+                    # An HTTP-date counts from Mews' clock, not this machine's.
+                    pause = retry_after_seconds(response.headers.get("Retry-After"), self.mews_now)
                     self._count(throttled=1)
                     if pause is not None and pause > self.max_retry_after_seconds:
                         # Holding the run that long would hold its lock and its timer too;
@@ -527,6 +540,19 @@ class MewsClient:
         finally:
             if self._limiter:
                 self._limiter.release()  # the answer is in: the window counts from now
+
+    def _note_mews_clock(self, response: httpx.Response) -> None:
+        """Keep how far Mews' clock is from this machine's, from the answer's Date header."""
+        if (sent := http_date(response.headers.get("Date"))) is not None:
+            # The header truncates to the second and the answer took a while to come: the
+            # offset is never later than Mews' clock, by up to a second and the answer's trip.
+            self.stats.mews_clock_offset = (sent - datetime.now(UTC)).total_seconds()
+
+    def mews_now(self) -> datetime:
+        """Mews' clock now, as its latest Date header told (at most a second and an answer's
+        trip behind it, never ahead); this machine's clock until an answer had one."""
+        offset = self.stats.mews_clock_offset
+        return datetime.now(UTC) + timedelta(seconds=offset or 0.0)
 
     def _where(self) -> str:
         """host:port of the API, for people."""
