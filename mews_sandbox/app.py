@@ -684,7 +684,7 @@ class Sandbox:
     def _items_ready(self) -> list[Item]:
         """The order items, made from the orders as they are at first use: right after
         generate(), the same seed gives the same items. At 200,000 orders: 333,000 items,
-        2.1 s of CPU and 165 MB (generate() itself: 3.8 s, 265 MB)."""
+        1.7 to 2.1 s of CPU and 165 MB more (generate() itself: 2.9 to 3.8 s, 265 MB)."""
         if self._items is None:
             with data.paused_gc():
                 self._items = data.generate_items(self._orders, list(self._products.values()),
