@@ -53,8 +53,10 @@ from .settings import (
     MIN_PAGE_SIZE,
     MIN_WINDOW,
     NOTES_OPERATION,
+    ORDER_ITEMS_OPERATION,
     ORDERS_OPERATION,
     PAGE_SIZE,
+    PRODUCTS_OPERATION,
     RATE_DECREASE_FACTOR,
     RATE_LIMIT_REQUESTS,
     RATE_LIMIT_SECONDS,
@@ -650,10 +652,59 @@ class MewsClient:
     ) -> Iterator[Page]:
         """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to).
 
-        Any number of service ids and any interval: it is sent in windows of at most
-        `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages are too heavy, a
-        window is halved (down to MIN_WINDOW). Pages already yielded may come again: keep one
-        row per order id. `item_schema`: see `iter_pages`. An empty list of ids asks for
+        See `_updated_by_service` for the windows; pages already yielded may come again: keep
+        one row per order id. `item_schema`: see `iter_pages`.
+        """
+        return self._updated_by_service(
+            ORDERS_OPERATION, service_ids, updated_from, updated_to, enterprise_ids, item_schema
+        )
+
+    def order_items(
+        self,
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+        enterprise_ids: list[str] | None = None,
+        item_schema: pa.Schema | None = None,
+    ) -> Iterator[Page]:
+        """Pages of the order items of these services whose own UpdatedUtc is in
+        [updated_from, updated_to), walked as `product_service_orders` walks orders.
+
+        Pages already yielded may come again: keep one row per item id. No `Currency` is
+        sent: the amounts come in the enterprise's own currency, as booked.
+        """
+        return self._updated_by_service(
+            ORDER_ITEMS_OPERATION, service_ids, updated_from, updated_to, enterprise_ids,
+            item_schema,
+        )
+
+    def products(
+        self, service_ids: list[str], enterprise_ids: list[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the products of these services, default products included (items may
+        be of one; products/getAll leaves them out unless asked). An empty list of ids asks
+        for nothing (no request)."""
+        if asks_for_nothing(service_ids, enterprise_ids):
+            return
+        for services in chunked(service_ids):
+            filters: dict[str, Any] = {"ServiceIds": services, "IncludeDefault": True}
+            if enterprise_ids:
+                filters["EnterpriseIds"] = enterprise_ids
+            yield from self.iter_pages(PRODUCTS_OPERATION, filters)
+
+    def _updated_by_service(
+        self,
+        operation: str,
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+        enterprise_ids: list[str] | None,
+        item_schema: pa.Schema | None,
+    ) -> Iterator[Page]:
+        """Pages of `operation` for these services whose UpdatedUtc is in [updated_from,
+        updated_to): any number of service ids (batches of 1000) and any interval, sent in
+        windows of at most `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages
+        are too heavy, a window is halved (down to MIN_WINDOW). An empty list of ids asks for
         nothing (no request); `enterprise_ids=None` is every enterprise of the token.
         """
         if asks_for_nothing(service_ids, enterprise_ids):
@@ -662,7 +713,7 @@ class MewsClient:
             filters: dict[str, Any] = {"ServiceIds": services}
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
-            walk = partial(self._orders_in, filters, item_schema)
+            walk = partial(self._updated_in, operation, filters, item_schema)
             start = updated_from
             while start < updated_to:
                 window = (start, min(self.window_end(start), updated_to))
@@ -686,13 +737,17 @@ class MewsClient:
             return add_months(start, MAX_WINDOW_MONTHS)
         return start + timedelta(days=self.max_window_days)
 
-    def _orders_in(
-        self, filters: dict[str, Any], item_schema: pa.Schema | None, window: Interval
+    def _updated_in(
+        self,
+        operation: str,
+        filters: dict[str, Any],
+        item_schema: pa.Schema | None,
+        window: Interval,
     ) -> Iterator[Page]:
         interval = {"StartUtc": format_utc(window[0]), "EndUtc": format_utc(window[1])}
         filters = {**filters, "UpdatedUtc": interval}
         try:
-            yield from self.iter_pages(ORDERS_OPERATION, filters, item_schema)
+            yield from self.iter_pages(operation, filters, item_schema)
         except MewsApiError as error:
             # A 400 on an interval within every reading of "3 months" is not about its length.
             too_long = window[1] - window[0] > timedelta(days=MAX_WINDOW_DAYS_STRICTEST)
