@@ -22,6 +22,7 @@ from pipelines.progress import Progress
 from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, PIPELINE_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
+from sources.errors import counted
 from sources.mews import mews_source, pending_work
 from sources.mews.client import format_utc
 from sources.mews.settings import MAX_ORDERS_PER_LOAD
@@ -122,7 +123,7 @@ def load(
         pipeline.run(source)
         if not pending_work(pipeline.state, backfill):
             break
-        log.info("loaded %d orders so far; going on", report.read.orders)
+        log.info("loaded %s so far; going on", counted(report.read.orders, "order"))
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
     with pipeline.sql_client() as client:
         if compacting:

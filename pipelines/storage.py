@@ -255,19 +255,24 @@ class PostgresStorage:
 
         return dlt.destinations.postgres(credentials=postgres_credentials())
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """PostgreSQL's advisory lock on a connection of its own, held for the run."""
+    def connect(self) -> Any:
+        """A psycopg2 connection, or one sentence saying why there is none (a wrong port, a
+        server that is down)."""
         import psycopg2
 
         try:
-            connection = psycopg2.connect(postgres_credentials().to_native_representation())
+            return psycopg2.connect(postgres_credentials().to_native_representation())
         except psycopg2.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MewsUnavailableError(
                 f"Cannot connect to PostgreSQL at {self.where}: {first}. Check "
                 "DESTINATION__POSTGRES__CREDENTIALS and that the server is up."
             ) from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """PostgreSQL's advisory lock on a connection of its own, held for the run."""
+        connection = self.connect()
         connection.autocommit = True
         self.working_dir().mkdir(parents=True, exist_ok=True)
         busy = f"Another mews-sync run is loading into {self.where} (dataset {DATASET_NAME})."

@@ -156,6 +156,12 @@ def mews_source(
         backfill = (parse_utc(backfill_start, "--start"), parse_utc(backfill_end, "--end"))
         if backfill[0] >= backfill[1]:
             raise MewsConfigError("The backfill --start must be before its --end.")
+        if backfill[0] >= now:
+            raise MewsConfigError(
+                f"The backfill --start {format_utc(backfill[0])} is not before the current time "
+                f"({format_utc(now)} by this machine's clock), so nothing can have changed "
+                "in it: give a past --start (and --end)."
+            )
     overlap = timedelta(minutes=float(overlap_minutes))
     if overlap < timedelta(0):
         raise MewsConfigError(
@@ -238,7 +244,8 @@ def mews_source(
                 else backfill[0]
             )
             state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
-            plan = [(ids, window) for window in walk_windows(begin, backfill[1])]
+            # An --end in the future reads up to the run's end (now): nothing is newer.
+            plan = [(ids, w) for w in walk_windows(begin, min(backfill[1], end))]
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]

@@ -34,6 +34,7 @@ from sources.errors import (  # re-exported: the source and the pipeline name th
     MewsUnavailableError,
     RequestTimedOutError,
     RequestTooHeavyError,
+    counted,
 )
 
 from .arrow_pages import ArrowPageReader
@@ -454,8 +455,8 @@ class MewsClient:
                     if attempt >= FIRST_CONTACT_RETRIES:
                         raise MewsUnavailableError(
                             f"Cannot reach {self._where()} ({type(exc).__name__}: "
-                            f"{str(exc) or 'no detail'}): check SOURCES__MEWS__PLATFORM_URL "
-                            "and the network, then try again."
+                            f"{str(exc) or 'no detail'}): try again later; if it persists, "
+                            "check SOURCES__MEWS__PLATFORM_URL and the network."
                         ) from None
                     pause = min(1.0, self.backoff_base) * (attempt + 1)
             else:
@@ -504,7 +505,8 @@ class MewsClient:
                     raise MewsApiError(operation, status, *self._error_details(response))
             if attempt >= self.max_retries:
                 raise MewsUnavailableError(
-                    f"Mews {operation} still failing after {attempt + 1} attempts: {failure}. "
+                    f"Mews {operation} still failing after {counted(attempt + 1, 'attempt')}: "
+                    f"{failure}. "
                     "Try again later."
                 )
             if pause is None:
