@@ -415,7 +415,8 @@ def service_row(service: dict[str, Any]) -> dict[str, Any]:
     legacy = service.get("Type")
     kind = data.get("Discriminator") or LEGACY_SERVICE_TYPES.get(legacy, legacy)
     names = service.get("Names") if isinstance(service.get("Names"), dict) else {}
-    name = service.get("Name") or names.get("en-US") or next(iter(names.values()), None)
+    # Names is current, Name deprecated (services.md): Name only when Names has no name.
+    name = names.get("en-US") or next(iter(names.values()), None) or service.get("Name")
     return {
         "Id": service.get("Id"),
         "EnterpriseId": service.get("EnterpriseId"),
