@@ -244,8 +244,10 @@ def mews_source(
                 else backfill[0]
             )
             state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
-            # An --end in the future reads up to the run's end (now): nothing is newer.
-            plan = [(ids, w) for w in walk_windows(begin, min(backfill[1], end))]
+            # An --end in the future reads up to now, nothing being newer: to the end of the
+            # current second (`now` has none), or to the run's end if that is later.
+            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
+            plan = [(ids, w) for w in walk_windows(begin, until)]
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
