@@ -161,7 +161,9 @@ def test_a_plain_pipeline_run_keeps_one_row_per_item(tmp_path, postgres):
     sandbox = lagging_sandbox(orders=800, seed=65)
     target = Target(sandbox, tmp_path, postgres)
     destination = (
-        dlt.destinations.postgres(postgres) if postgres else dlt.destinations.duckdb(target.database)
+        dlt.destinations.postgres(postgres)
+        if postgres
+        else dlt.destinations.duckdb(target.database)
     )
     pipeline = dlt.pipeline(
         "a_users_pipeline",
