@@ -52,8 +52,9 @@ class Compacted:
 
 
 def load_by_appending(source: Any) -> None:
-    """Switch the source's orders, notes and order items from dlt's merge to appending (compact() after
-    each load). The notes' markers for orders without notes only matter to a merge."""
+    """Switch the source's orders, notes and order items from dlt's merge to appending
+    (compact() after each load). The notes' markers for orders without notes only matter to
+    a merge."""
     # The merge-only hints go too: dlt warns on every load that an append ignores them.
     source.resources["product_service_orders"].apply_hints(
         write_disposition="append",
