@@ -3,6 +3,8 @@
 `product_service_orders` walks `productServiceOrders/getAll` in UpdatedUtc windows of at most
 three months from a per-service watermark kept in dlt's state; `service_order_notes` fetches the
 notes of every page of orders it got; `services` names the services the orders belong to.
+`order_items` walks `orderItems/getAll` the same way from watermarks of its own (an item can
+change while its order does not), and `products` reads the services' products whole.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from .tables import (
     ENTERPRISE_COLUMNS,
     NOTE_COLUMNS,
     ORDER_COLUMNS,
+    ORDER_ITEM_COLUMNS,
+    PRODUCT_COLUMNS,
     SERVICE_COLUMNS,
     raw_schema,
     to_table,
@@ -95,6 +99,8 @@ class SourceStats(Counters):
     refresh_days: float = 0.0  # the refresh period (0: off)
     orders: int = 0
     notes: int = 0
+    items: int = 0  # order items read (an item read in two windows counts twice)
+    products: int = 0
     end: datetime | None = None  # where the windows end: `end_date`, or Mews' clock
 
 
@@ -238,18 +244,11 @@ def mews_source(
         if backfill:
             # A backfill leaves the watermarks alone; its own progress is kept apart, so a
             # backfill in steps (or one that was killed) goes on where it stopped.
-            progress = state.get("backfill") or {}
-            wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
-            begin = (
-                parse_utc(progress["done_to"], "state")
-                if progress.get("range") == wanted
-                else backfill[0]
-            )
-            state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
+            begin = backfill_begin(state, backfill, end)
             # An --end in the future reads up to now, nothing being newer: to the end of the
             # current second (`now` has none), or to the run's end if that is later.
             until = min(backfill[1], max(end, now + timedelta(seconds=1)))
-            plan = [(ids, w) for w in walk_windows(begin, until)]
+            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
@@ -290,7 +289,7 @@ def mews_source(
             yield to_table([], ORDER_COLUMNS)
         state.pop("pending", None)
         if backfill:
-            state.pop("backfill", None)
+            state["backfill"] = {"done_in_run_ending": format_utc(end)}
         else:
             # Also services whose windows were all empty ranges: this run covered them to `end`.
             for service_id in ids:
@@ -390,6 +389,74 @@ def mews_source(
         # One item per table of orders: dlt's cost is per item, not per row.
         return with_keys_required(concat([*notes, markers]))
 
+    @dlt.resource(write_disposition="merge", primary_key="id")
+    def products() -> Iterator[pa.Table]:
+        """Yields one table of every product of the synced services, read whole each run
+        (default products included): id, service_id, name, category, price, timestamps."""
+        ids = [s["Id"] for s in sync_services()]
+        found = [product_row(p) for page in api.products(ids, enterprise_ids) for p in page]
+        counts.add(products=len(found))
+        yield to_table(found, PRODUCT_COLUMNS)  # empty, the table still exists
+
+    # Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
+    # so keeping each item's latest version read is the whole copy.
+    @dlt.resource(
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        columns={"updated_utc": {"dedup_sort": "desc"}},
+    )
+    def order_items() -> Iterator[pa.Table]:
+        """Yields typed tables of the order items updated (their own UpdatedUtc) since each
+        service's item watermark, or in the backfill's range, up to the run's end.
+
+        Its state is its own, kept like the orders': `watermarks` per service, `pending` when
+        it stopped after `max_orders_per_load` items, `backfill` progress."""
+        ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        state = dlt.current.resource_state()
+        watermarks: dict[str, str] = state.setdefault("watermarks", {})
+        if backfill:
+            begin = backfill_begin(state, backfill, end)
+            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
+            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
+        else:
+            groups = group_by_start(ids, watermarks, start, overlap)
+            plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
+        read = 0
+        for group, window in plan:
+            if max_orders_per_load and read >= max_orders_per_load:
+                if not backfill:
+                    state["pending"] = True
+                return
+            for table in items_in(group, window):
+                read += table.num_rows
+                yield table
+            if backfill:
+                state["backfill"]["done_to"] = format_utc(window[1])
+            else:
+                for service_id in group:
+                    watermarks[service_id] = format_utc(window[1])
+        if not read:
+            yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
+        state.pop("pending", None)
+        if backfill:
+            state["backfill"] = {"done_in_run_ending": format_utc(end)}
+        else:
+            for service_id in ids:
+                watermarks[service_id] = format_utc(end)
+
+    def items_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
+        """Tables of the items of one window; pages that come again are kept (the merge or
+        the compaction keeps one row per item)."""
+        batch: list[pa.Table] = []
+        for page in api.order_items(ids, *window, enterprise_ids):
+            counts.add(items=len(page))
+            batch.append(to_table([item_row(i) for i in page], ORDER_ITEM_COLUMNS))
+            if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
+                yield concat(batch)
+                batch = []
+        if batch:
+            yield concat(batch)
+
     # The services are read when the source is made: a wrong address, refused tokens or a
     # configured service Mews does not list stop a run before anything is locked or written.
     sync_services()
@@ -399,7 +466,33 @@ def mews_source(
     # earlier: what lies past the end is read by the next run, which starts at it or before.
     end = given_end or api.mews_now().replace(microsecond=0)
     counts.end = end
-    return services, enterprises, product_service_orders, service_order_notes
+    return (
+        services,
+        enterprises,
+        product_service_orders,
+        service_order_notes,
+        order_items,
+        products,
+    )
+
+
+def backfill_begin(
+    state: dict[str, Any], backfill: tuple[datetime, datetime], end: datetime
+) -> datetime | None:
+    """Where a resource's backfill goes on: where a step (or a killed run) of the same range
+    stopped, or its start; None when an earlier step of this run (the same `end`) finished
+    it, so that the steps another resource (orders, items) still needs do not read it again."""
+    progress = state.get("backfill") or {}
+    if progress.get("done_in_run_ending") == format_utc(end):
+        return None
+    wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
+    begin = (
+        parse_utc(progress["done_to"], "state")
+        if progress.get("range") == wanted and progress.get("done_to")
+        else backfill[0]
+    )
+    state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
+    return begin
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
@@ -407,7 +500,10 @@ def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool
     `max_orders_per_load` orders, and running it again goes on from there."""
     resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
     orders = resources.get("product_service_orders", {})
-    return bool(orders.get("backfill") if backfill else orders.get("pending"))
+    items = resources.get("order_items", {})
+    if backfill:
+        return any((r.get("backfill") or {}).get("range") for r in (orders, items))
+    return bool(orders.get("pending") or items.get("pending"))
 
 
 def parse_state_time(value: str) -> datetime:
@@ -436,6 +532,41 @@ def service_row(service: dict[str, Any]) -> dict[str, Any]:
         "CreatedUtc": service.get("CreatedUtc"),
         "UpdatedUtc": service.get("UpdatedUtc"),
     }
+
+
+def item_row(item: dict[str, Any]) -> dict[str, Any]:
+    """An order item with the product it sold (`Data.Product.ProductId`, or for a rebate
+    `Data.Rebate.ProductId`) and the item a rebate rebates lifted to the top."""
+    data = item.get("Data") if isinstance(item.get("Data"), dict) else {}
+    product = data.get("Product") if isinstance(data.get("Product"), dict) else {}
+    rebate = data.get("Rebate") if isinstance(data.get("Rebate"), dict) else {}
+    return {
+        **item,
+        "ProductId": product.get("ProductId") or rebate.get("ProductId"),
+        "RebatedItemId": rebate.get("RebatedItemId"),
+    }
+
+
+def product_row(product: dict[str, Any]) -> dict[str, Any]:
+    """A product with its English (or first) name, as services are named; the other name
+    maps (ExternalNames, ShortNames, Descriptions) and the options are left out."""
+    names = product.get("Names") if isinstance(product.get("Names"), dict) else {}
+    name = names.get("en-US") or next(iter(names.values()), None)
+    return {c: product.get(c) for c in PRODUCT_FIELDS} | {"Name": name}
+
+
+PRODUCT_FIELDS = (
+    "Id",
+    "ServiceId",
+    "CategoryId",
+    "AccountingCategoryId",
+    "IsActive",
+    "ChargingMode",
+    "PostingMode",
+    "Price",
+    "CreatedUtc",
+    "UpdatedUtc",
+)
 
 
 def window_work(window: tuple[datetime, datetime], span: tuple[datetime, datetime]) -> float:
