@@ -188,3 +188,27 @@ def test_a_plain_pipeline_run_keeps_one_row_per_item(tmp_path, postgres):
     pipeline.run(source())
     pipeline.run(source())
     assert_items_equal_truth(target)
+
+
+def test_the_command_line_keeps_items_equal_to_the_truth(tmp_path, postgres):
+    from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, cli, cli_env
+
+    from mews_sandbox import serve
+
+    sandbox = lagging_sandbox(orders=800, seed=64)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    with serve(sandbox) as url:
+        env = cli_env(tmp_path, url)
+        if postgres:
+            env["MEWS_SYNC__DESTINATION"] = "postgres"
+            env["DESTINATION__POSTGRES__CREDENTIALS"] = postgres
+        first = cli(env, "run", cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        change_items(sandbox)
+        second = cli(env, "run", cwd=tmp_path)
+        assert second.returncode == 0, second.stderr
+    assert " order items, " in second.stdout  # the summary counts them
+    target = Target(sandbox, tmp_path, postgres)
+    assert_items_equal_truth(target)
+    assert_equals_truth(target)
