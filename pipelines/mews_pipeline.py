@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -76,6 +77,7 @@ def sync(
     locked = False
     try:
         storage.check()  # a folder it cannot write
+        open_last_state(storage, pipeline_name, pipelines_dir)
         # Made once before anything is locked or written: its configuration errors come
         # first, and it reads the services (a wrong address, unknown services).
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
@@ -94,6 +96,14 @@ def sync(
     report.seconds = time.monotonic() - started
     record_run(storage.runs_path, report, EXIT_OK)
     return report
+
+
+def open_last_state(storage: Storage, pipeline_name: str, pipelines_dir: str | None) -> None:
+    """Make the last run's state readable while the source is made: its first requests (the
+    services) then ask for no more than the request sizes Mews answered in time. A pipeline
+    never run before is not created here, so a configuration error leaves nothing behind."""
+    if (Path(pipelines_dir or storage.working_dir()) / pipeline_name).is_dir():
+        build_pipeline(storage, pipeline_name, pipelines_dir)
 
 
 def load(

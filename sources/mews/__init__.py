@@ -19,6 +19,7 @@ import dlt
 import pendulum
 import pyarrow as pa
 import pyarrow.compute as pc
+from dlt.common.exceptions import PipelineStateNotAvailable
 from dlt.sources import DltResource
 
 from .client import (
@@ -73,6 +74,8 @@ log = logging.getLogger("mews_sync")
 # stored: dlt's merge deletes an order's stored notes by `service_order_id` only when the load
 # carries a row with that id, and an order whose notes were all deleted has none.
 NOTE_MARKER_COLUMN = "_mews_order_without_notes"
+# Key of the source state that keeps the request sizes Mews answers in time (RequestSizes.saved).
+REQUEST_SIZES_STATE = "request_sizes"
 
 
 @dataclass
@@ -184,6 +187,7 @@ def mews_source(
         max_retry_after_seconds=max_retry_after_seconds,
         stats=stats,
     )
+    api.sizes.restore(stored_request_sizes())
 
     @cache
     def sync_services() -> tuple[dict[str, Any], ...]:
@@ -225,6 +229,8 @@ def mews_source(
         """Yields typed tables (a few pages each) of the orders updated since each service's
         watermark, or in the backfill's range."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        # What this run learns of the sizes Mews answers in time, for its next steps and runs.
+        api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
         state = dlt.current.resource_state()
         watermarks: dict[str, str] = state.setdefault("watermarks", {})
         if backfill:
@@ -383,6 +389,16 @@ def mews_source(
     # configured service Mews does not list stop a run before anything is locked or written.
     sync_services()
     return services, enterprises, product_service_orders, service_order_notes
+
+
+def stored_request_sizes() -> dict[str, Any] | None:
+    """The request sizes the last run learned (see RequestSizes), from the state of the active
+    pipeline, or None when there is none: then the orders resource restores them when it
+    starts, from the state dlt restored."""
+    try:
+        return dlt.current.source_state().get(REQUEST_SIZES_STATE)
+    except PipelineStateNotAvailable:
+        return None
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
