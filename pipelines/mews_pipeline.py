@@ -23,8 +23,8 @@ from pipelines.progress import Progress
 from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, PIPELINE_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
-from sources.mews import mews_source, pending_work
-from sources.mews.client import format_utc
+from sources.mews import mews_source, pending_work, stored_request_sizes
+from sources.mews.client import RequestSizes, format_utc
 from sources.mews.settings import MAX_ORDERS_PER_LOAD
 
 log = logging.getLogger("mews_sync")
@@ -77,7 +77,9 @@ def sync(
     locked = False
     try:
         storage.check()  # a folder it cannot write
-        open_last_state(storage, pipeline_name, pipelines_dir)
+        source_args.setdefault(
+            "request_sizes", last_request_sizes(storage, pipeline_name, pipelines_dir)
+        )
         # Made once before anything is locked or written: its configuration errors come
         # first, and it reads the services (a wrong address, unknown services).
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
@@ -98,12 +100,19 @@ def sync(
     return report
 
 
-def open_last_state(storage: Storage, pipeline_name: str, pipelines_dir: str | None) -> None:
-    """Make the last run's state readable while the source is made: its first requests (the
-    services) then ask for no more than the request sizes Mews answered in time. A pipeline
-    never run before is not created here, so a configuration error leaves nothing behind."""
+def last_request_sizes(
+    storage: Storage, pipeline_name: str, pipelines_dir: str | None
+) -> RequestSizes:
+    """The request sizes Mews answers in time as the last run left them, for every step of
+    this one: from its first request (the services, read as the source is made), and each
+    step from what the steps before learned. A pipeline never run before is not created
+    here, so a configuration error leaves nothing behind."""
+    sizes = RequestSizes()
     if (Path(pipelines_dir or storage.working_dir()) / pipeline_name).is_dir():
-        build_pipeline(storage, pipeline_name, pipelines_dir)
+        sizes.restore(
+            stored_request_sizes(build_pipeline(storage, pipeline_name, pipelines_dir).state)
+        )
+    return sizes
 
 
 def load(

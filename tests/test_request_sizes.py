@@ -239,14 +239,19 @@ def test_a_first_sync_learns_the_size_once_and_the_next_run_starts_from_it(tmp_p
     target = Target(sandbox, tmp_path)
 
     with serve(sandbox) as url:
-        first = target.sync(platform_url=url, transport=None, request_timeout_seconds=1.0)
+        # In steps of about 3,000 orders, each with a new source and client.
+        first = target.sync(
+            platform_url=url, transport=None, request_timeout_seconds=1.0, max_orders_per_load=3000
+        )
+        [(loads,)] = target.rows("select count(*) from mews._dlt_loads")
         sandbox.update_order(sandbox.orders()[0]["Id"], Number="changed")
         sandbox.log.clear()
         second = target.sync(platform_url=url, transport=None, request_timeout_seconds=1.0)
         time.sleep(stall + 0.2)  # the stalled requests are logged when they answer, late
 
     assert_equals_truth(target)
-    assert first.stats.timeouts <= 2  # services/getAll: 1000 and 500, then 250 for all
+    assert loads >= 3 and first.read.orders >= 8000  # steps of 3,000 orders
+    assert first.stats.timeouts <= 2  # services/getAll: 1000 and 500, then 250 for all steps
     stored = target.state()["sources"]["mews"]["request_sizes"]
     assert (stored["ceiling"], stored["answered"]) == (250, 250)
     assert second.stats.timeouts == 0

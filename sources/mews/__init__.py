@@ -19,7 +19,6 @@ import dlt
 import pendulum
 import pyarrow as pa
 import pyarrow.compute as pc
-from dlt.common.exceptions import PipelineStateNotAvailable
 from dlt.sources import DltResource
 
 from .client import (
@@ -28,6 +27,7 @@ from .client import (
     MewsApiError,
     MewsClient,
     MewsConfigError,
+    RequestSizes,
     format_utc,
 )
 from .refresh import done_up_to, plan_refresh, sweep_share
@@ -64,6 +64,7 @@ __all__ = [
     "SourceStats",
     "mews_source",
     "pending_work",
+    "stored_request_sizes",
     "walk_windows",
     "parse_utc",
 ]
@@ -125,6 +126,7 @@ def mews_source(
     transport: Any = None,
     stats: ClientStats | None = None,
     source_stats: SourceStats | None = None,
+    request_sizes: RequestSizes | None = None,
 ) -> Sequence[DltResource]:
     """Mews product service orders, their notes and their services.
 
@@ -140,7 +142,9 @@ def mews_source(
     orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
     on from there. `end_date` (default: now) ends the sync; `transport` lets tests mount the
     sandbox in-process; `stats` and `source_stats` collect what the API client and the source
-    did.
+    did. `request_sizes`: what the run learned so far of the sizes Mews answers in time
+    (shared by its steps; `stored_request_sizes` gives what the last run kept); without it
+    the orders resource starts from the state when it starts.
 
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
@@ -186,8 +190,8 @@ def mews_source(
         timeout=request_timeout_seconds,
         max_retry_after_seconds=max_retry_after_seconds,
         stats=stats,
+        sizes=request_sizes,
     )
-    api.sizes.restore(stored_request_sizes())
 
     @cache
     def sync_services() -> tuple[dict[str, Any], ...]:
@@ -391,14 +395,10 @@ def mews_source(
     return services, enterprises, product_service_orders, service_order_notes
 
 
-def stored_request_sizes() -> dict[str, Any] | None:
-    """The request sizes the last run learned (see RequestSizes), from the state of the active
-    pipeline, or None when there is none: then the orders resource restores them when it
-    starts, from the state dlt restored."""
-    try:
-        return dlt.current.source_state().get(REQUEST_SIZES_STATE)
-    except PipelineStateNotAvailable:
-        return None
+def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | None:
+    """What the last run kept of the request sizes Mews answers in time, for
+    `RequestSizes.restore`."""
+    return pipeline_state.get("sources", {}).get("mews", {}).get(REQUEST_SIZES_STATE)
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:

@@ -73,6 +73,7 @@ __all__ = [
     "MewsError",
     "MewsResponseError",
     "MewsUnavailableError",
+    "RequestSizes",
     "RequestTimedOutError",
     "RequestTooHeavyError",
     "SlidingWindowLimiter",
@@ -100,9 +101,13 @@ class TooManyIdsError(RequestTooHeavyError):
     asks for fewer."""
 
     def __init__(self, operation: str, ids: int, ceiling: int):
-        super().__init__(
-            operation, 408, f"{ids} ids, more than the {ceiling} answered in time; ask for fewer"
+        MewsError.__init__(
+            self,
+            f"Mews {operation} answers no more than {ceiling} ids in time at the moment, and "
+            f"this request had {ids}: try again later.",
         )
+        self.operation, self.status, self.api_message = operation, 408, "too many ids"
+        self.request_id, self.transient = None, True
 
 
 @dataclass
