@@ -115,8 +115,9 @@ def test_a_timeout_on_a_size_answered_before_learns_again_one_at_a_time():
     notes_in_threads(client, order_batches(threads=3, per_thread=300))
 
     assert slow.most_in_flight[True] <= 3  # those already sent time out together ...
-    # ... then one at a time: 1000 (up to 3 threads), 500, 250, 125, then 62 is answered.
-    assert client.stats.timeouts <= 3 + 3
+    # ... and each thread's halved page may too, before two such timeouts forgot that 1000
+    # was answered; then one at a time: 500 or 250, 125, and 62 is answered.
+    assert client.stats.timeouts <= 2 * 3 + 3
     assert client.sizes.ceiling == 62
 
 
@@ -140,6 +141,10 @@ def test_the_sizes_learned_are_kept_and_restored():
     store: dict[str, Any] = {}
     learned.keep_in(store)
     assert store == {"ceiling": 250, "answered": 250, "lowered_utc": today.moment.isoformat()}
+    learned.too_heavy(250)  # answered before: taken for a passing overload ...
+    assert store["ceiling"] == 250 and store["answered"] == 250
+    learned.too_heavy(250)  # ... but not twice with no answer in between: learn again
+    assert store["ceiling"] == 250 and store["answered"] == 0
     learned.too_heavy(250)  # the store follows every change
     assert store["ceiling"] == 125 and store["answered"] == 0
 
@@ -164,6 +169,14 @@ def test_what_a_run_learned_itself_wins_over_the_stored_sizes_and_bad_state_is_i
     tiny = RequestSizes(now=today)
     tiny.restore({"ceiling": 3, "answered": 3, "lowered_utc": today.moment.isoformat()})
     assert tiny.ceiling == tiny.answered == MIN_PAGE_SIZE
+
+
+def test_a_timeout_on_a_size_answered_in_time_between_answers_changes_nothing():
+    sizes = RequestSizes()
+    for _ in range(5):
+        sizes.answered_in_time(1000)
+        sizes.too_heavy(1000)  # 10% of random 408s must not take the size down
+    assert (sizes.ceiling, sizes.answered) == (1000, 1000)
 
 
 def test_never_below_the_least_page_nor_a_size_answered_in_time():
@@ -199,7 +212,8 @@ def test_a_day_after_a_size_was_learned_the_full_size_is_probed_once():
     sizes, _ = stored_a_day_ago(hours=30)
     sizes.answered_in_time(PAGE_SIZE)  # the probe was answered: no cap any more
     assert (sizes.ceiling, sizes.answered) == (PAGE_SIZE, PAGE_SIZE)
-    sizes.too_heavy(PAGE_SIZE)  # a later timeout halves as on a first run
+    for _ in range(3):  # later timeouts: two forget it was answered, the next halves
+        sizes.too_heavy(PAGE_SIZE)
     assert sizes.ceiling == PAGE_SIZE // 2
 
 

@@ -50,6 +50,7 @@ from .settings import (
     MAX_RETRY_AFTER_SECONDS,
     MAX_WINDOW_DAYS_STRICTEST,
     MAX_WINDOW_MONTHS,
+    MIN_PAGE_SIZE,
     MIN_WINDOW,
     NOTES_OPERATION,
     ORDERS_OPERATION,
@@ -589,9 +590,10 @@ class MewsClient:
 
         The end is a null cursor or an empty page, never a short page alone: a server that
         filters after paging returns short pages mid-walk (the guideline says a short page
-        "implies" the end; it does not promise it). A 408 (or a timeout) lowers the size of
-        every later request of the client (`sizes`), down to MIN_PAGE_SIZE: a server that
-        stalls on big pages would otherwise cost a timeout on every walk and in every thread.
+        "implies" the end; it does not promise it). A 408 (or a timeout) halves the page of the
+        walk, down to MIN_PAGE_SIZE, and teaches `sizes`, which caps every later request of
+        the client: a server that stalls on big pages would otherwise cost a timeout on every
+        walk and in every thread.
         More ids than `sizes` allows raise RequestTooHeavyError before anything is sent: the
         caller asks for fewer (`_ask_for_less`). With `item_schema`, a page whose items have
         those fields with those types comes as an Arrow table (see `ArrowPageReader`).
@@ -614,8 +616,11 @@ class MewsClient:
                     operation, {**filters, "Limitation": limitation}, arrow_pages, size
                 )
             except RequestTooHeavyError:
-                if self.sizes.ceiling >= size:
+                if count <= MIN_PAGE_SIZE:
                     raise  # no smaller page to ask for: the caller asks for fewer ids or days
+                # This walk asks for half, whatever `sizes` learned of it (it may have taken
+                # it for a passing overload); more ids than its ceiling are split above.
+                count = max(MIN_PAGE_SIZE, count // 2)
                 continue
             if data is None:
                 continue  # another request lowered the size while this one waited its turn

@@ -16,16 +16,25 @@ from typing import Any
 
 from .settings import MIN_PAGE_SIZE, PAGE_SIZE, REQUEST_SIZE_PROBE_AFTER
 
+# Failures of sizes answered in time before, with no answer in time in between, after which
+# the sizes are learned again. One is not enough: with 10% of requests answered 408 at random
+# (tests/test_reliability.py), lowering the ceiling on each took it to MIN_PAGE_SIZE within
+# 1,700 requests of a 2,000-order sync, and kept it there for a day.
+STRIKES = 2
+
 
 class RequestSizes:
     """The largest size to send (`ceiling`), and the largest answered in time (`answered`).
 
-    A timeout or a 408 on a request of size s lowers the ceiling for every operation and
-    thread at once: to half of s, never below a size answered in time nor MIN_PAGE_SIZE. A
-    request larger than `answered` takes its `turn`: one at a time, so while the size is being
-    learned a server that is slow on large requests costs one timeout per size tried, not one
-    per thread (four notes threads each timed out on 1,000 ids in the 2026-12 incident). Requests
-    up to `answered` go on meanwhile.
+    A timeout or a 408 on a request of size s larger than `answered` lowers the ceiling for
+    every operation and thread at once: to half of s, never below a size answered in time nor
+    MIN_PAGE_SIZE. One on a size answered in time before may be a passing overload: only the
+    request itself asks for less, unless it happens STRIKES times with no answer in time in
+    between; then `answered` is forgotten and the sizes are learned again. A request larger
+    than `answered` takes its `turn`: one at a time, so while the size is being learned a
+    server that is slow on large requests costs one timeout per size tried, not one per thread
+    (each notes thread timed out on 1,000 ids in the issue-20 incident). Requests up to
+    `answered` go on meanwhile.
     """
 
     def __init__(
@@ -37,6 +46,7 @@ class RequestSizes:
         self.lowered_at: datetime | None = None  # when the ceiling was last lowered or probed
         self._now = now
         self._probe_fallback: int | None = None  # the stored ceiling, while the full is probed
+        self._strikes = 0  # failures of sizes answered in time, since the last answer in time
         self._lock = threading.Lock()
         self._heavy = threading.Lock()  # held by the one request larger than `answered`
         self._restored = False
@@ -58,6 +68,7 @@ class RequestSizes:
 
     def answered_in_time(self, size: int) -> None:
         with self._lock:
+            self._strikes = 0
             if self._probe_fallback is not None and size > self._probe_fallback:
                 self._probe_fallback = None  # the probe was answered: the larger size stays
             answered = max(self.answered, min(size, self.ceiling))
@@ -69,9 +80,11 @@ class RequestSizes:
         """A request of `size` timed out or got a 408."""
         with self._lock:
             if size <= self.answered:
-                # It was answered in time before and is not now: Mews got slower. Learn again,
-                # one large request at a time.
-                self.answered = 0
+                self._strikes += 1
+                if self._strikes >= STRIKES:  # Mews got slower: learn again, one at a time
+                    self.answered = 0
+                    self._save()
+                return
             lower = self._probe_fallback or max(self.answered, size // 2)
             self._probe_fallback = None
             self.ceiling = max(MIN_PAGE_SIZE, min(self.ceiling, lower))
