@@ -108,7 +108,9 @@ def test_while_a_size_is_learned_one_large_request_is_in_flight_and_the_others_g
 def test_a_timeout_on_a_size_answered_before_learns_again_one_at_a_time():
     client = client_for(FakeMews(orders=daily_orders(START, 3)))
     order_ids(client, START, START + timedelta(days=3))
-    assert client.sizes.answered == PAGE_SIZE  # answered: large requests go on together
+    assert client.sizes.answered == 3  # what an answer carried, not the page asked for
+    notes_in_threads(client, order_batches(threads=1))
+    assert client.sizes.answered == PAGE_SIZE  # 1000 ids: large requests go on together
 
     slow = SlowBeyond(100)
     client._http._transport = httpx.MockTransport(FakeMews(refuse=slow))  # Mews got slower
@@ -119,6 +121,28 @@ def test_a_timeout_on_a_size_answered_before_learns_again_one_at_a_time():
     # was answered; then one at a time: 500 or 250, 125, and 62 is answered.
     assert client.stats.timeouts <= 2 * 3 + 3
     assert client.sizes.ceiling == 62
+
+
+def test_orders_of_more_services_than_mews_answers_in_time_split_the_services_not_the_days():
+    services = [f"s{i}" for i in range(20)]
+
+    def slow_on_many_services(operation: str, body: dict[str, Any]) -> httpx.Response | None:
+        if len(body["ServiceIds"]) > MIN_PAGE_SIZE:
+            raise httpx.ReadTimeout("no answer in time")
+        return None
+
+    fake = FakeMews(orders=daily_orders(START, 5), refuse=slow_on_many_services)
+    client = client_for(fake)
+    end = START + timedelta(days=5)
+
+    pages = client.product_service_orders(services, START, end)
+    assert {o["Id"] for page in pages for o in page} == {f"o{d}" for d in range(5)}
+    answered = [b for b in fake.sent() if len(b["ServiceIds"]) <= MIN_PAGE_SIZE]
+    assert sorted({tuple(b["ServiceIds"]) for b in answered}) == [
+        tuple(services[:10]),
+        tuple(services[10:]),
+    ]
+    assert {b["UpdatedUtc"]["EndUtc"] for b in fake.sent()} == {"2023-01-06T00:00:00Z"}
 
 
 # -- RequestSizes: what it keeps, and when it tries larger sizes again ------------------------

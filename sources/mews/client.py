@@ -613,7 +613,7 @@ class MewsClient:
             size = max(count, ids)
             try:
                 data = self._post_sized(
-                    operation, {**filters, "Limitation": limitation}, arrow_pages, size
+                    operation, {**filters, "Limitation": limitation}, arrow_pages, size, ids
                 )
             except RequestTooHeavyError:
                 if count <= MIN_PAGE_SIZE:
@@ -651,9 +651,11 @@ class MewsClient:
         payload: dict[str, Any],
         arrow_pages: ArrowPageReader | None,
         size: int,
+        ids: int,
     ) -> dict[str, Any] | None:
-        """`post`, in its turn among large requests (see RequestSizes), teaching `sizes` what
-        came of it; None, unsent, when its size is over the ceiling once its turn comes."""
+        """`post` of a request of `size` with `ids` ids, in its turn among large requests (see
+        RequestSizes), teaching `sizes` what came of it; None, unsent, when its size is over
+        the ceiling once its turn comes."""
         with self.sizes.turn(size) as within:
             if not within:
                 return None
@@ -662,7 +664,11 @@ class MewsClient:
             except RequestTooHeavyError:
                 self.sizes.too_heavy(size)  # before the next large request takes its turn
                 raise
-            self.sizes.answered_in_time(size)
+            items = data.get(ITEMS_KEY[operation])
+            carried = len(items) if isinstance(items, list | pa.Table) else 0
+            # An answer proves the size of what it carried: a page of 1,000 that held the 18
+            # services says nothing of a page of 1,000 orders.
+            self.sizes.answered_in_time(max(ids, carried))
             return data
 
     def _ids_per_request(self) -> int:
