@@ -43,7 +43,7 @@ class RequestSizes:
     ):
         self.full = full
         self.ceiling = full
-        self.answered = 0  # since the ceiling was last lowered: 0 is nothing known yet
+        self.answered = 0  # 0: nothing answered yet, or forgotten after STRIKES failures
         self.lowered_at: datetime | None = None  # when the ceiling was last lowered or probed
         self._now = now
         self._probe_fallback: int | None = None  # the stored ceiling, while the full is probed
