@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -30,8 +31,8 @@ from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
 from sources.errors import MewsConfigError, counted
-from sources.mews import mews_source, pending_work
-from sources.mews.client import format_utc
+from sources.mews import mews_source, pending_work, stored_request_sizes
+from sources.mews.client import RequestSizes, format_utc
 
 log = logging.getLogger("mews_sync")
 
@@ -94,6 +95,8 @@ def sync(
     try:
         storage.check()  # a folder it cannot write
         with property_settings(name):
+            sizes = last_request_sizes(storage, name, pipelines_dir)
+            source_args.setdefault("request_sizes", sizes)
             # Made once before anything is locked or written: its configuration errors come
             # first, and it reads the services (a wrong address, unknown services).
             source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
@@ -130,6 +133,21 @@ def load_wait_seconds() -> float:
             "MEWS_SYNC__LOAD_WAIT_SECONDS must be a number of seconds, 0 or more."
         )
     return seconds
+
+
+def last_request_sizes(
+    storage: Storage, name: str, pipelines_dir: str | None
+) -> RequestSizes:
+    """The request sizes Mews answers in time as the last run left them, for every step of
+    this one: from its first request (the services, read as the source is made), and each
+    step from what the steps before learned. A pipeline never run before is not created
+    here, so a configuration error leaves nothing behind."""
+    sizes = RequestSizes()
+    if (Path(pipelines_dir or storage.working_dir()) / name).is_dir():
+        sizes.restore(
+            stored_request_sizes(build_pipeline(storage, name, pipelines_dir).state)
+        )
+    return sizes
 
 
 def load(

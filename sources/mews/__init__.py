@@ -29,6 +29,7 @@ from .client import (
     MewsApiError,
     MewsClient,
     MewsConfigError,
+    RequestSizes,
     format_utc,
 )
 from .refresh import done_up_to, plan_refresh, sweep_share
@@ -68,6 +69,7 @@ __all__ = [
     "SourceStats",
     "mews_source",
     "pending_work",
+    "stored_request_sizes",
     "walk_windows",
     "parse_utc",
 ]
@@ -78,6 +80,8 @@ log = logging.getLogger("mews_sync")
 # stored: dlt's merge deletes an order's stored notes by `service_order_id` only when the load
 # carries a row with that id, and an order whose notes were all deleted has none.
 NOTE_MARKER_COLUMN = "_mews_order_without_notes"
+# Key of the source state that keeps the request sizes Mews answers in time (RequestSizes.saved).
+REQUEST_SIZES_STATE = "request_sizes"
 
 
 @dataclass
@@ -130,6 +134,7 @@ def mews_source(
     transport: Any = None,
     stats: ClientStats | None = None,
     source_stats: SourceStats | None = None,
+    request_sizes: RequestSizes | None = None,
 ) -> Sequence[DltResource]:
     """Mews product service orders, their notes and their services.
 
@@ -146,6 +151,9 @@ def mews_source(
     on from there. `end_date` (default: Mews' clock when it listed the services, kept in
     `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox in-process;
     `stats` and `source_stats` collect what the API client and the source did.
+    `request_sizes`: what the run learned so far of the sizes Mews answers in time
+    (shared by its steps; `stored_request_sizes` gives what the last run kept); without it
+    the orders resource starts from the state when it starts.
 
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
@@ -197,6 +205,7 @@ def mews_source(
         timeout=request_timeout_seconds,
         max_retry_after_seconds=max_retry_after_seconds,
         stats=stats,
+        sizes=request_sizes,
     )
 
     @cache
@@ -239,6 +248,8 @@ def mews_source(
         """Yields typed tables (a few pages each) of the orders updated since each service's
         watermark, or in the backfill's range."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        # What this run learns of the sizes Mews answers in time, for its next steps and runs.
+        api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
         state = dlt.current.resource_state()
         watermarks: dict[str, str] = state.setdefault("watermarks", {})
         if backfill:
@@ -493,6 +504,12 @@ def backfill_begin(
     )
     state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
     return begin
+
+
+def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | None:
+    """What the last run kept of the request sizes Mews answers in time, for
+    `RequestSizes.restore`."""
+    return pipeline_state.get("sources", {}).get("mews", {}).get(REQUEST_SIZES_STATE)
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:

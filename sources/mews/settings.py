@@ -76,3 +76,8 @@ BACKOFF_MAX_SECONDS = 60.0
 # services/getAll: current responses discriminate with Data.Discriminator, older ones with Type.
 PRODUCT_SERVICE_DISCRIMINATOR = "Additional"
 LEGACY_SERVICE_TYPES = {"Orderable": "Additional", "Reservable": "Bookable"}
+
+# A request size learned from timeouts or 408s (see sizes.py) is probed again at the full size
+# after this long: one request, so a slow day costs at most one timeout a day afterwards, and
+# does not cap a hotel for good.
+REQUEST_SIZE_PROBE_AFTER = timedelta(days=1)
