@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -24,7 +27,8 @@ from pipelines.storage import DATASET_NAME, PIPELINE_NAME, Storage, configured_s
 from pipelines.views import apply_views, count_rows
 from sources.mews import mews_source, pending_work
 from sources.mews.client import format_utc
-from sources.mews.settings import MAX_ORDERS_PER_LOAD
+from sources.mews.settings import MAX_ORDERS_PER_LOAD, MAX_SECONDS_PER_LOAD
+from sources.mews.steps import WindowPace
 
 log = logging.getLogger("mews_sync")
 
@@ -70,6 +74,11 @@ def sync(
         "max_orders_per_load",
         dlt.config.get("sources.mews.max_orders_per_load", int) or MAX_ORDERS_PER_LOAD,
     )
+    source_args.setdefault(
+        "max_seconds_per_load",
+        dlt.config.get("sources.mews.max_seconds_per_load", float) or MAX_SECONDS_PER_LOAD,
+    )
+    source_args.setdefault("window_pace", WindowPace())  # learned by one step for the next
     # Every step of this run ends at the same moment.
     source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
     started = time.monotonic()
@@ -108,11 +117,7 @@ def load(
     destination = pipeline.destination.destination_name
     # The fast path where it was measured: append, then remove what the load superseded.
     compacting = destination in ROW_ID
-    if pipeline.has_pending_data:
-        # A run was killed after extracting: finish its load first, or dlt would load only
-        # that and drop what this run extracts.
-        log.warning("finishing the load an interrupted run left behind")
-        pipeline.run()
+    finish_interrupted_load(pipeline)
     while True:
         if compacting:
             # What a run killed between its load and its compaction left behind, first.
@@ -129,3 +134,34 @@ def load(
             report.removed.add(compact(client, destination))
         apply_views(client)
         report.table_rows = count_rows(client)
+
+
+def finish_interrupted_load(pipeline: dlt.Pipeline) -> None:
+    """Load what a killed run extracted or normalized but did not load (its rows and its
+    state, so the watermarks move past them), and drop what a run killed while extracting
+    left (half written files that no load ever takes)."""
+    drop_abandoned_extracts(pipeline)
+    if not pipeline.has_pending_data:
+        return
+    log.warning("finishing the load an interrupted run left behind")
+    # Not `pipeline.run()`: it first syncs with the destination, and on one without the
+    # dataset yet (a first sync killed before its first load) dlt 1.31 then wipes the
+    # working folder, pending load and all, and the run reads everything again.
+    pipeline.normalize()
+    pipeline.load()
+
+
+# The folder dlt extracts a load into (`normalize/<uniq_id(8)>`) before it renames it into
+# `normalize/extracted` at the end of the extract: a run killed while extracting leaves it.
+ABANDONED_EXTRACT = re.compile(r"[0-9a-f]{16}")
+
+
+def drop_abandoned_extracts(pipeline: dlt.Pipeline) -> None:
+    """Remove the folders of extracts no run will finish: only one run at a time extracts
+    (the caller holds the destination's lock)."""
+    folder = Path(pipeline.working_dir) / "normalize"
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and ABANDONED_EXTRACT.fullmatch(path.name):
+            shutil.rmtree(path, ignore_errors=True)

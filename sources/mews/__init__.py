@@ -8,6 +8,7 @@ notes of every page of orders it got; `services` names the services the orders b
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from .settings import (
     RATE_LIMIT_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
 )
+from .steps import WindowPace, step_is_over, window_seconds
 from .tables import (
     ENTERPRISE_COLUMNS,
     NOTE_COLUMNS,
@@ -111,6 +113,8 @@ def mews_source(
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
     max_orders_per_load: int | None = None,
+    max_seconds_per_load: float | None = None,
+    window_pace: WindowPace | None = None,
     notes_refresh_days: float = DEFAULT_NOTES_REFRESH_DAYS,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
@@ -134,10 +138,12 @@ def mews_source(
     destination (`pipeline.run(mews_source())` is enough).
 
     With `max_orders_per_load`, a run stops after the window in which it read that many
-    orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
-    on from there. `end_date` (default: now) ends the sync; `transport` lets tests mount the
-    sandbox in-process; `stats` and `source_stats` collect what the API client and the source
-    did.
+    orders, and with `max_seconds_per_load` at a window end about that many seconds after it
+    began (windows are split to take a quarter of it, at the pace `window_pace` learned, see
+    `steps.py`); it says so in its state (`pending_work(pipeline.state)`), and running it
+    again goes on from there. `end_date` (default: now) ends the sync; `transport` lets tests
+    mount the sandbox in-process; `stats` and `source_stats` collect what the API client and
+    the source did.
 
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
@@ -169,6 +175,8 @@ def mews_source(
         )
     types = check_note_types(note_types)
     counts = source_stats if source_stats is not None else SourceStats()
+    pace = window_pace if window_pace is not None else WindowPace()
+    seconds = window_seconds(max_seconds_per_load) if max_seconds_per_load else None
 
     api = MewsClient(
         platform_url,
@@ -249,9 +257,12 @@ def mews_source(
                 span = min(w[0] for _, w in plan), max(w[1] for _, w in plan)
                 counts.work_span = span
                 counts.work_total = sum(window_work(w, span) for _, w in plan)
-        orders_before = counts.orders
-        for group, window in plan:
-            if max_orders_per_load and counts.orders - orders_before >= max_orders_per_load:
+        orders_before, step_started = counts.orders, time.monotonic()
+        windows = ((group, w) for group, planned in plan for w in pace.split(planned, seconds))
+        for group, window in windows:
+            if (
+                max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
+            ) or step_is_over(step_started, max_seconds_per_load):
                 # Enough for one load: the state says there is more (`pending_work`), so a
                 # long history loads in steps of bounded memory and a kill loses one step.
                 if not backfill:  # a backfill's own progress says so

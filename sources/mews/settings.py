@@ -36,6 +36,10 @@ MIN_WINDOW = timedelta(minutes=1)
 # 122,880 rows): a smaller append leaves row groups that DuckDB's next checkpoint merges with
 # the previous step's last one, writing the step twice (0.8 s of CPU per 250,000 orders).
 MAX_ORDERS_PER_LOAD = 400_000
+# ... and at most about this many seconds of fetching: what a killed run loses (SIGKILL, or a
+# stop by SIGTERM or Ctrl-C). A step's own cost (normalize, load, compaction) is paid again
+# each time: about 1 s per step on DuckDB.
+MAX_SECONDS_PER_LOAD = 60.0
 
 DEFAULT_CLIENT = "mews-sync 0.1.0"
 # Mews started in 2012: nothing can be older, and empty windows cost one request each.
