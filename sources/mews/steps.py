@@ -33,9 +33,8 @@ def step_is_over(started: float, max_seconds_per_load: float | None) -> bool:
     window: that window (a quarter of the time) would take it past `max_seconds_per_load`."""
     if not max_seconds_per_load:
         return False
-    return time.monotonic() - started >= max_seconds_per_load - window_seconds(
-        max_seconds_per_load
-    )
+    elapsed = time.monotonic() - started
+    return elapsed + window_seconds(max_seconds_per_load) >= max_seconds_per_load
 
 
 @dataclass
