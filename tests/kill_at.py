@@ -1,8 +1,8 @@
-"""`python tests/kill_at.py STEP NTH mews-sync-args...`: the `mews-sync` command, SIGKILLed
-(for real, by itself) when dlt begins its NTH `normalize` or `load` step, or (`load-job`)
-once NTH jobs of a load completed (their rows are in the destination, the load is not): for
-the tests of what the next run makes of a load a killed run left behind, at a moment a
-timer could not hit."""
+"""`python tests/kill_at.py STEP NTH SIGNAL mews-sync-args...`: the `mews-sync` command, sent
+SIGNAL (KILL or TERM, for real, by itself) when dlt begins its NTH `normalize` or `load` step,
+or (`load-job`) once NTH jobs of a load completed (their rows are in the destination, the load
+is not): for the tests of what the next run makes of a load a killed run left behind, at a
+moment a timer could not hit."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from dlt.pipeline.pipeline import Pipeline
 
 from pipelines.cli import main
 
+STOP = signal.SIGKILL
+
 
 def kill() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), STOP)
 
 
 def killed_at_call(method: Callable[..., Any], nth: int) -> Callable[..., Any]:
@@ -50,7 +52,8 @@ def killed_after_jobs(complete_jobs: Callable[..., Any], nth: int) -> Callable[.
 
 
 if __name__ == "__main__":
-    step, nth, *args = sys.argv[1:]
+    step, nth, name, *args = sys.argv[1:]
+    STOP = signal.Signals[f"SIG{name}"]
     if step == "load-job":
         Load.complete_jobs = killed_after_jobs(Load.complete_jobs, int(nth))
     else:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from dlt.common.versioned_state import decompress_state
-from harness import Target, assert_equals_truth, lagging_sandbox, utc
+from harness import Target, assert_equals_truth, lagging_sandbox, one_sentence, utc
 from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, REPO, cli, cli_env, kill_when
 
 from mews_sandbox import Faults, Sandbox, serve
 from mews_sandbox.app import LoggedRequest
+from pipelines.failures import EXIT_INTERRUPTED, INTERRUPTED
 from sources.mews.client import format_utc
 from sources.mews.settings import DEFAULT_OVERLAP
 from sources.mews.steps import WindowPace
@@ -105,17 +106,22 @@ def test_a_first_sync_killed_at_60_percent_loses_at_most_its_last_step(tmp_path)
 # -- a load a killed run left behind ---------------------------------------------------------
 
 
-def kill_at(env: dict[str, str], step: str, nth: int, cwd: Path) -> None:
-    """Run `mews-sync run` and SIGKILL it at dlt's NTH `step` (see kill_at.py)."""
+def kill_at(env: dict[str, str], step: str, nth: int, stop: signal.Signals, cwd: Path) -> None:
+    """Run `mews-sync run` and send it `stop` at dlt's NTH `step` (see kill_at.py)."""
+    name = stop.name.removeprefix("SIG")
     process = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "kill_at.py"), step, str(nth), "run"],
+        [sys.executable, str(REPO / "tests" / "kill_at.py"), step, str(nth), name, "run"],
         env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert process.returncode == -signal.SIGKILL, process.stderr
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, process.stderr
+    else:
+        assert process.returncode == EXIT_INTERRUPTED, process.stderr
+        assert one_sentence(process.stderr) == f"mews-sync: {INTERRUPTED}"
 
 
 def pending_load(folder: Path) -> str:
@@ -130,17 +136,24 @@ def pending_load(folder: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    ("step", "nth"),
-    [("normalize", 1), ("load", 1), ("load-job", 2), ("normalize", 3)],
+    ("step", "nth", "stop"),
+    [
+        ("normalize", 1, signal.SIGKILL),
+        ("normalize", 1, signal.SIGTERM),
+        ("load", 1, signal.SIGKILL),
+        ("load-job", 2, signal.SIGKILL),
+        ("normalize", 3, signal.SIGKILL),
+    ],
     ids=[
         "extracted-first-step",  # the destination has no tables yet
+        "extracted-first-step-SIGTERM",
         "normalized-first-step",
         "half-loaded",  # some of the load's tables were written, not all
         "extracted-later-step",
     ],
 )
-def test_a_load_a_killed_run_left_behind_is_loaded_by_the_next(tmp_path, postgres, step, nth):
-    sandbox = tokened(lagging_sandbox(orders=2000, seed=12))
+def test_a_load_a_killed_run_left_behind_is_loaded_by_the_next(tmp_path, postgres, step, nth, stop):
+    sandbox = tokened(lagging_sandbox(orders=1200, seed=12))
     settings = {
         "SOURCES__MEWS__MAX_ORDERS_PER_LOAD": "300",
         "SOURCES__MEWS__NOTES_REFRESH_DAYS": "0",  # every request of a rerun then goes on
@@ -148,7 +161,7 @@ def test_a_load_a_killed_run_left_behind_is_loaded_by_the_next(tmp_path, postgre
     target = Target(sandbox, tmp_path, postgres)
     with serve(sandbox) as url:
         env = destination_env(tmp_path, url, postgres, **settings)
-        kill_at(env, step, nth, tmp_path)
+        kill_at(env, step, nth, stop, tmp_path)
         left_behind = pending_load(tmp_path)
         before = sandbox.log.count()
         rerun = cli(env, "run", cwd=tmp_path)
