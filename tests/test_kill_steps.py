@@ -204,17 +204,19 @@ def test_a_run_killed_while_extracting_leaves_no_files_behind(tmp_path):
 
 
 def test_windows_are_split_to_the_pace_that_fits_a_step():
-    pace = WindowPace()
     start = utc("2024-01-01T00:00:00Z")
+    pace = WindowPace()
+    # Quick windows: a week first, then four times as long, then whole.
+    split = list(pace.split((start, start + timedelta(days=80)), seconds=10.0))
+    assert [end - begin for begin, end in split] == [timedelta(days=d) for d in (7, 28, 45)]
+    assert pace.length is None
+
     windows = pace.split((start, start + timedelta(days=80)), seconds=0.05)
-    assert next(windows) == (start, start + timedelta(days=80))  # whole until one is slow
+    assert next(windows) == (start, start + timedelta(days=80))
     time.sleep(0.2)  # read four times slower than the pace
     with pytest.raises(StopIteration):
         next(windows)
     assert timedelta(days=17) < pace.length < timedelta(days=20)
     length = pace.length
-    # Quick windows: the next is four times as long, then whole again.
-    split = list(pace.split((start, start + timedelta(days=60)), seconds=10.0))
-    assert [end - begin for begin, end in split][0] == length - length % timedelta(seconds=1)
-    assert len(split) == 2 and split[-1][1] == start + timedelta(days=60)
-    assert pace.length is None
+    (first, *_) = pace.split((start, start + timedelta(days=60)), seconds=10.0)
+    assert first == (start, start + length - length % timedelta(seconds=1))

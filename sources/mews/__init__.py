@@ -398,7 +398,8 @@ def mews_source(
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
     """Whether the last run (or backfill) of the source stopped early, after
-    `max_orders_per_load` orders, and running it again goes on from there."""
+    `max_orders_per_load` orders or `max_seconds_per_load`, and running it again goes on from
+    there."""
     resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
     orders = resources.get("product_service_orders", {})
     return bool(orders.get("backfill") if backfill else orders.get("pending"))

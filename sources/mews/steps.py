@@ -21,6 +21,11 @@ Window = tuple[datetime, datetime]
 # A window read in less than its share may be followed by one at most this many times longer:
 # the history gets denser towards today, and a window much too long cannot be cut short.
 MAX_GROWTH = 4.0
+# A run's first window, before any pace is known. Short, as the first window holding orders
+# may be dense (a group of 100 hotels, about 10,000 orders a day: 70,000 in a week, about 20 s
+# at the API's limit; 4.5 minutes for three months); quick windows grow it back to whole
+# windows by the third.
+FIRST_WINDOW = timedelta(days=7)
 
 
 def window_seconds(max_seconds_per_load: float) -> float:
@@ -42,7 +47,7 @@ class WindowPace:
     """The length of window that takes about `seconds` to read, learned from the windows
     read; kept across the steps of a run. None: whole windows, until one is slow."""
 
-    length: timedelta | None = None
+    length: timedelta | None = FIRST_WINDOW
 
     def split(self, window: Window, seconds: float | None) -> Iterator[Window]:
         """Consecutive windows covering `window`, each sized by the pace of those before it
