@@ -144,11 +144,26 @@ def finish_interrupted_load(pipeline: dlt.Pipeline) -> None:
     if not pipeline.has_pending_data:
         return
     log.warning("finishing the load an interrupted run left behind")
+    if pipeline.destination.destination_name == "postgres":
+        allow_the_state_written_twice(pipeline)
     # Not `pipeline.run()`: it first syncs with the destination, and on one without the
     # dataset yet (a first sync killed before its first load) dlt 1.31 then wipes the
     # working folder, pending load and all, and the run reads everything again.
     pipeline.normalize()
     pipeline.load()
+
+
+def allow_the_state_written_twice(pipeline: dlt.Pipeline) -> None:
+    """Drop the UNIQUE constraint dlt puts on the state rows' `_dlt_id` in PostgreSQL.
+
+    A load killed after its state row was written but before dlt noted so writes the row
+    again when it is finished, which the constraint refuses, on every run from then on
+    (dlt 1.31). dlt reads the state of the newest completed load: a second copy is harmless.
+    """
+    with pipeline.sql_client() as client:
+        table = client.make_qualified_table_name("_dlt_pipeline_state")
+        constraint = "_dlt_pipeline_state__dlt_id_key"  # PostgreSQL's name for it
+        client.execute_sql(f"alter table if exists {table} drop constraint if exists {constraint}")
 
 
 # The folder dlt extracts a load into (`normalize/<uniq_id(8)>`) before it renames it into

@@ -1,8 +1,9 @@
 """`python tests/kill_at.py STEP NTH SIGNAL mews-sync-args...`: the `mews-sync` command, sent
 SIGNAL (KILL or TERM, for real, by itself) when dlt begins its NTH `normalize` or `load` step,
 or (`load-job`) once NTH jobs of a load completed (their rows are in the destination, the load
-is not): for the tests of what the next run makes of a load a killed run left behind, at a
-moment a timer could not hit."""
+is not), or (`state-job`) once the job writing the state ran, before dlt noted it: for the
+tests of what the next run makes of a load a killed run left behind, at a moment a timer
+could not hit."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from dlt.common.destination.client import RunnableLoadJob
 from dlt.load.load import Load
 from dlt.pipeline.pipeline import Pipeline
 
@@ -51,10 +53,23 @@ def killed_after_jobs(complete_jobs: Callable[..., Any], nth: int) -> Callable[.
     return wrapped
 
 
+def killed_after_state_job(release: Callable[..., Any]) -> Callable[..., Any]:
+    """`RunnableLoadJob._release`, called once a job ran, before dlt notes that it did."""
+
+    def wrapped(job: RunnableLoadJob, *args: Any) -> None:
+        if job.job_id().startswith("_dlt_pipeline_state."):
+            kill()
+        release(job, *args)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     step, nth, name, *args = sys.argv[1:]
     STOP = signal.Signals[f"SIG{name}"]
-    if step == "load-job":
+    if step == "state-job":
+        RunnableLoadJob._release = killed_after_state_job(RunnableLoadJob._release)
+    elif step == "load-job":
         Load.complete_jobs = killed_after_jobs(Load.complete_jobs, int(nth))
     else:
         setattr(Pipeline, step, killed_at_call(getattr(Pipeline, step), int(nth)))

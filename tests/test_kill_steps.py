@@ -4,6 +4,7 @@ sandbox over loopback HTTP."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def pending_load(folder: Path) -> str:
         p.name
         for pattern in ("*/*/normalize/extracted/*", "*/*/load/normalized/*")
         for p in data.glob(f"mews_sync/{pattern}")
+        if re.fullmatch(r"\d+\.\d+", p.name)  # not a folder dlt keeps beside them
     ]
     return load_id
 
@@ -143,6 +145,7 @@ def pending_load(folder: Path) -> str:
         ("normalize", 1, signal.SIGTERM),
         ("load", 1, signal.SIGKILL),
         ("load-job", 2, signal.SIGKILL),
+        ("state-job", 1, signal.SIGKILL),
         ("normalize", 3, signal.SIGKILL),
     ],
     ids=[
@@ -150,6 +153,7 @@ def pending_load(folder: Path) -> str:
         "extracted-first-step-SIGTERM",
         "normalized-first-step",
         "half-loaded",  # some of the load's tables were written, not all
+        "state-written-not-recorded",  # its job ran, the kill came before dlt noted it
         "extracted-later-step",
     ],
 )
