@@ -10,6 +10,7 @@ change while its order does not), and `products` reads the services' products wh
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from .settings import (
     MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_RETRY_AFTER_SECONDS,
+    MAX_SECONDS_PER_LOAD,
     MAX_WINDOW_MONTHS,
     ORDERS_PER_ITEM,
     PAGE_SIZE,
@@ -52,6 +54,7 @@ from .settings import (
     RATE_LIMIT_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
 )
+from .steps import WindowPace, step_is_over, window_seconds
 from .tables import (
     ENTERPRISE_COLUMNS,
     NOTE_COLUMNS,
@@ -123,6 +126,8 @@ def mews_source(
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
     max_orders_per_load: int | None = MAX_ORDERS_PER_LOAD,
+    max_seconds_per_load: float | None = MAX_SECONDS_PER_LOAD,
+    window_pace: WindowPace | None = None,
     notes_refresh_days: float = DEFAULT_NOTES_REFRESH_DAYS,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
@@ -147,10 +152,12 @@ def mews_source(
     destination (`pipeline.run(mews_source())` is enough).
 
     With `max_orders_per_load`, a run stops after the window in which it read that many
-    orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
-    on from there. `end_date` (default: Mews' clock when it listed the services, kept in
-    `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox in-process;
-    `stats` and `source_stats` collect what the API client and the source did.
+    orders, and with `max_seconds_per_load` at a window end about that many seconds after it
+    began (windows are split to take a quarter of it, at the pace `window_pace` learned, see
+    `steps.py`); it says so in its state (`pending_work(pipeline.state)`), and running it
+    again goes on from there. `end_date` (default: Mews' clock when it listed the services,
+    kept in `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox
+    in-process; `stats` and `source_stats` collect what the API client and the source did.
     `request_sizes`: what the run learned so far of the sizes Mews answers in time
     (shared by its steps; `stored_request_sizes` gives what the last run kept); without it
     the orders resource starts from the state when it starts.
@@ -191,6 +198,8 @@ def mews_source(
         )
     types = check_note_types(note_types)
     counts = source_stats if source_stats is not None else SourceStats()
+    pace = window_pace if window_pace is not None else WindowPace()
+    seconds = window_seconds(max_seconds_per_load) if max_seconds_per_load else None
 
     api = MewsClient(
         platform_url,
@@ -270,9 +279,12 @@ def mews_source(
                 span = min(w[0] for _, w in plan), max(w[1] for _, w in plan)
                 counts.work_span = span
                 counts.work_total = sum(window_work(w, span) for _, w in plan)
-        orders_before = counts.orders
-        for group, window in plan:
-            if max_orders_per_load and counts.orders - orders_before >= max_orders_per_load:
+        orders_before, step_started = counts.orders, time.monotonic()
+        windows = ((group, w) for group, planned in plan for w in pace.split(planned, seconds))
+        for group, window in windows:
+            if (
+                max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
+            ) or step_is_over(step_started, max_seconds_per_load):
                 # Enough for one load: the state says there is more (`pending_work`), so a
                 # long history loads in steps of bounded memory and a kill loses one step.
                 if not backfill:  # a backfill's own progress says so
@@ -514,7 +526,8 @@ def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | Non
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
     """Whether the last run (or backfill) of the source stopped early, after
-    `max_orders_per_load` orders, and running it again goes on from there."""
+    `max_orders_per_load` orders or `max_seconds_per_load`, and running it again goes on from
+    there."""
     resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
     orders = resources.get("product_service_orders", {})
     items = resources.get("order_items", {})
