@@ -626,7 +626,7 @@ def test_status_shows_a_run_refused_as_busy_as_skipped_not_as_a_failure(tmp_path
     target.sync()
     storage = DuckDbStorage.at(target.database)
     report = RunReport(kind="run", where=str(target.database))
-    with storage.lock(), pytest.raises(SyncBusyError):
+    with storage.run_lock("mews_sync"), pytest.raises(SyncBusyError):
         target.sync(report=report)
     (_, busy) = read_runs(storage.runs_path)
     assert (busy["status"], busy["exit_code"]) == ("skipped", EXIT_BUSY)

@@ -171,7 +171,7 @@ def test_a_load_a_killed_run_left_behind_is_loaded_by_the_next(tmp_path, postgre
         before = sandbox.log.count()
         rerun = cli(env, "run", cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr
-    assert "finishing the load an interrupted run left behind" in rerun.stderr
+    assert "finishing the load an earlier run left pending" in rerun.stderr
 
     assert left_behind in loads(target)
     carried = target.rows(
