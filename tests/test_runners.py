@@ -14,29 +14,14 @@ from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
+    change_orders_and_notes,
     lagging_sandbox,
-    notes_by_order,
-    truth_orders,
 )
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, SandboxTransport, serve
 from sources.mews import mews_source
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def change_orders_and_notes(sandbox, orders: int = 50) -> None:
-    """Orders changed and added, a note edited, one deleted, and every note of one order."""
-    existing = truth_orders(sandbox)
-    for order in existing[:orders]:
-        sandbox.update_order(order[0], State="Processed")
-    sandbox.add_order(existing[0][1])
-    by_order = notes_by_order(sandbox)
-    several = sorted(o for o, ids in by_order.items() if len(ids) >= 2)
-    sandbox.update_note(by_order[several[0]][0], "Edited")
-    sandbox.delete_note(by_order[several[1]][0])
-    for note_id in by_order[several[2]]:
-        sandbox.delete_note(note_id)
 
 
 def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tmp_path, postgres):

@@ -1,0 +1,153 @@
+"""The Airflow recipe (docs/scheduling/airflow_dag.py) run by a real Airflow 3: `airflow dags
+test` in a throwaway AIRFLOW_HOME, against the sandbox over loopback HTTP, into PostgreSQL.
+
+Airflow lives in a virtual environment of its own (it pins many packages the project's own
+environment must not get): MEWS_SYNC_TEST_AIRFLOW names its `airflow` command, by default
+.venv-airflow/bin/airflow in the repository, which .ci/run creates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    START_DATE,
+    Target,
+    assert_equals_truth,
+    change_orders_and_notes,
+    lagging_sandbox,
+)
+
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
+
+REPO = Path(__file__).resolve().parent.parent
+DAG_FILE = REPO / "docs" / "scheduling" / "airflow_dag.py"
+AIRFLOW = Path(os.environ.get("MEWS_SYNC_TEST_AIRFLOW") or REPO / ".venv-airflow/bin/airflow")
+INSTALL = (
+    'python3.11 -m venv .venv-airflow && .venv-airflow/bin/pip install "apache-airflow==3.*" -e .'
+)
+TIMEOUT = 600  # seconds for one `airflow` command: a task Airflow retried would wait longer
+
+
+def airflow_command() -> Path:
+    """The `airflow` command, or the test fails (never skips) saying how to install it."""
+    if not os.access(AIRFLOW, os.X_OK):
+        pytest.fail(
+            f"Airflow 3 is not installed at {AIRFLOW}: run `{INSTALL}` in the repository (as "
+            ".ci/run does) or set MEWS_SYNC_TEST_AIRFLOW to an Airflow 3 `airflow` command.",
+            pytrace=False,
+        )
+    return AIRFLOW
+
+
+def airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(airflow_command()), *args],
+        env=env,
+        cwd=env["AIRFLOW_HOME"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of an Airflow of its own: a fresh AIRFLOW_HOME with its SQLite database
+    migrated, the recipe alone in its dags folder, no example DAGs; nothing of the caller's
+    environment but PATH and HOME."""
+    home = tmp_path_factory.mktemp("airflow")
+    dags = home / "dags"
+    dags.mkdir()
+    shutil.copy(DAG_FILE, dags)
+    env = {
+        "PATH": f"{AIRFLOW.parent}:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", str(home)),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    migrated = airflow(env, "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    yield env
+
+
+def write_settings(project: Path, settings: dict[str, dict[str, object]], file: str) -> None:
+    """A TOML file of `.dlt/` from sections of strings, numbers and lists of them."""
+    folder = project / ".dlt"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    (folder / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def operator_setup(project: Path, sandbox: Sandbox, url: str, postgres_url: str) -> None:
+    """`.dlt/` as an operator writes it for the workers: what every property shares in
+    config.toml, the secrets (ClientToken, PostgreSQL) in secrets.toml."""
+    write_settings(
+        project,
+        {
+            "mews_sync": {"destination": "postgres"},
+            "sources.mews": {
+                "platform_url": url,
+                "start_date": START_DATE,
+                "rate_limit_requests": 0,
+            },
+        },
+        "config.toml",
+    )
+    write_settings(
+        project,
+        {
+            "sources.mews": {
+                "client_token": sandbox.client_token,
+                "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN,
+            },
+            "destination.postgres": {"credentials": postgres_url},
+        },
+        "secrets.toml",
+    )
+
+
+def dags_test(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return airflow(env, "dags", "test", "mews_sync")
+
+
+def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_mews(
+    airflow_env, tmp_path, postgres_credentials
+):
+    sandbox = lagging_sandbox(orders=600, seed=47)
+    project = tmp_path / "project"
+    env = {
+        **airflow_env,
+        "DLT_PROJECT_DIR": str(project),  # where the workers find .dlt/, as documented
+        "DLT_DATA_DIR": str(tmp_path / "dlt_data"),
+    }
+    with serve(sandbox) as url:
+        operator_setup(project, sandbox, url, postgres_credentials)
+        first = dags_test(env)
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+        change_orders_and_notes(sandbox)
+        second = dags_test(env)
+        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+
+    target = Target(sandbox, tmp_path, postgres_credentials)
+    assert_equals_truth(target)
+    assert target.rows("select count(*) from mews.orders_current") == [(601,)]
+    # dlt's Airflow secrets provider stayed off: on, it warns that its Variable is missing.
+    assert "dlt_secrets_toml" not in first.stdout + first.stderr
