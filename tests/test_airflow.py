@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from harness import (
     assert_equals_truth,
     change_orders_and_notes,
     lagging_sandbox,
+    one_sentence,
 )
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
@@ -137,6 +139,9 @@ def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_m
         **airflow_env,
         "DLT_PROJECT_DIR": str(project),  # where the workers find .dlt/, as documented
         "DLT_DATA_DIR": str(tmp_path / "dlt_data"),
+        # An Airflow Variable dlt would read if its Airflow secrets provider were on: services
+        # Mews does not have, a configuration error that would fail every task.
+        "AIRFLOW_VAR_DLT_SECRETS_TOML": f'[sources.mews]\nservice_ids = ["{uuid.uuid4()}"]\n',
     }
     with serve(sandbox) as url:
         operator_setup(project, sandbox, url, postgres_credentials)
@@ -149,5 +154,37 @@ def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_m
     target = Target(sandbox, tmp_path, postgres_credentials)
     assert_equals_truth(target)
     assert target.rows("select count(*) from mews.orders_current") == [(601,)]
-    # dlt's Airflow secrets provider stayed off: on, it warns that its Variable is missing.
-    assert "dlt_secrets_toml" not in first.stdout + first.stderr
+
+
+def test_the_cli_reads_airflow_variables_only_when_asked_to(airflow_env, tmp_path):
+    """In an environment with Airflow, dlt's Airflow secrets provider makes a no-change run
+    2.5 times slower; `mews-sync` turns it off unless PROVIDERS__ENABLE_AIRFLOW_SECRETS says."""
+    sandbox = lagging_sandbox(orders=50, seed=48)
+    token = f'[sources.mews]\naccess_token = "{DEMO_PORTFOLIO_ACCESS_TOKEN}"\n'
+    mews_sync = str(airflow_command().parent / "mews-sync")
+    with serve(sandbox) as url:
+        env = {
+            **airflow_env,
+            "DLT_PROJECT_DIR": str(tmp_path),  # no .dlt/ there
+            "DLT_DATA_DIR": str(tmp_path / "dlt_data"),
+            "SOURCES__MEWS__PLATFORM_URL": url,
+            "SOURCES__MEWS__CLIENT_TOKEN": sandbox.client_token,
+            "SOURCES__MEWS__START_DATE": START_DATE,
+            "SOURCES__MEWS__RATE_LIMIT_REQUESTS": "0",
+            "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "mews_sync.duckdb"),
+            "AIRFLOW_VAR_DLT_SECRETS_TOML": token,  # the AccessToken only there
+        }
+        run = [mews_sync, "run"]
+        off = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True)
+        on = subprocess.run(
+            run,
+            env={**env, "PROVIDERS__ENABLE_AIRFLOW_SECRETS": "true"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+
+    assert off.returncode == 2
+    assert "SOURCES__MEWS__ACCESS_TOKEN" in one_sentence(off.stderr)
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert "product_service_orders 50" in on.stdout
