@@ -79,6 +79,36 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     yield env
 
 
+PARSE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("airflow_dag", sys.argv[1])
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+dag = recipe.mews_sync()
+print(sorted(dag.task_ids), "sync mapped:", dag.task_dict["sync"].is_mapped)
+print(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2:])))
+"""
+
+
+def test_the_dag_file_parses_with_no_settings_no_network_and_nothing_heavy(airflow_env):
+    """The scheduler parses the file often: it must read no setting, reach nothing, and
+    leave dlt and mews-sync unimported (the properties are asked for at run time)."""
+    python = str(airflow_command().parent / "python")
+    heavy = ["dlt", "pipelines", "sources", "mews_sandbox", "duckdb", "pyarrow", "psycopg2"]
+    env = {**airflow_env, "SOURCES__MEWS__PLATFORM_URL": "http://127.0.0.1:9"}  # nothing there
+    parsed = subprocess.run(
+        [python, "-c", PARSE, str(DAG_FILE), *heavy],
+        env=env,
+        cwd=airflow_env["AIRFLOW_HOME"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    assert parsed.stdout.splitlines() == ["['properties', 'sync'] sync mapped: True", "[]"]
+
+
 def write_settings(project: Path, settings: dict[str, dict[str, object]], file: str) -> None:
     """A TOML file of `.dlt/` from sections of strings, numbers and lists of them."""
     folder = project / ".dlt"
