@@ -134,3 +134,22 @@ def test_dlt_pipeline_info_finds_the_pipeline_with_the_command_status_prints(tmp
     assert listed.returncode == 0 and "mews_sync" in listed.stdout
     pipelines = env_dir / "pipelines"
     assert not pipelines.exists() or not list(pipelines.iterdir())  # nothing under another name
+
+
+def test_the_airflow_recipe_retries_only_what_a_later_try_can_fix():
+    """Mews unavailable (exit 4) or the destination busy (exit 5): Airflow retries. A
+    configuration error, a refusal or a bug: the task fails at once."""
+    from pipelines.lock import SyncBusyError
+    from sources.errors import MewsApiError, MewsConfigError, MewsUnavailableError
+
+    retry_can_help = load_recipe().retry_can_help
+    wrapped = RuntimeError("a dlt step failed")
+    wrapped.__cause__ = MewsUnavailableError("Mews did not answer")
+
+    assert retry_can_help(MewsUnavailableError("Mews did not answer"))
+    assert retry_can_help(wrapped)
+    assert retry_can_help(SyncBusyError("another run is loading"))
+    assert retry_can_help(MewsApiError("services/getAll", 503, "down"))
+    assert not retry_can_help(MewsConfigError("SOURCES__MEWS__START_DATE is not a date."))
+    assert not retry_can_help(MewsApiError("services/getAll", 401, "Invalid AccessToken"))
+    assert not retry_can_help(ZeroDivisionError())
