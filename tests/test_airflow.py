@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +111,59 @@ def test_the_dag_file_parses_with_no_settings_no_network_and_nothing_heavy(airfl
     assert parsed.stdout.splitlines() == ["['properties', 'sync'] sync mapped: True", "[]"]
 
 
+@pytest.fixture(scope="module")
+def airflow_with_executor(airflow_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Airflow as deployed: its API server (the execution API that task processes report to)
+    and LocalExecutor, which runs each task in a process of its own, mapped tasks side by
+    side, as Celery or Kubernetes workers would."""
+    port = free_port()
+    env = {
+        **airflow_env,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+    }
+    command = [str(airflow_command()), "api-server", "--apps", "execution", "--workers", "1"]
+    log = Path(env["AIRFLOW_HOME"]) / "api-server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=env["AIRFLOW_HOME"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_listening(port, server, log)
+        yield env
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_listening(port: int, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180  # about 15 s on an idle machine
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"airflow api-server stopped:\n{log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"airflow api-server did not listen within 180 s:\n{log.read_text()[-3000:]}")
+
+
 def write_settings(project: Path, settings: dict[str, dict[str, object]], file: str) -> None:
     """A TOML file of `.dlt/` from sections of strings, numbers and lists of them."""
     folder = project / ".dlt"
@@ -157,16 +212,28 @@ def operator_setup(project: Path, sandbox: Sandbox, url: str, postgres_url: str)
 
 
 def dags_test(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return airflow(env, "dags", "test", "mews_sync")
+    return airflow(env, "dags", "test", "--use-executor", "mews_sync")
+
+
+def task_logs(env: dict[str, str]) -> dict[str, str]:
+    """The task logs of every run so far, by `run_id=.../task_id=.../[map_index=N/]attempt=K`."""
+    root = Path(env["AIRFLOW_HOME"]) / "logs" / "dag_id=mews_sync"
+    return {str(log.relative_to(root)): log.read_text() for log in sorted(root.rglob("*.log"))}
+
+
+def what_happened(run: subprocess.CompletedProcess[str], env: dict[str, str]) -> str:
+    """For a failed assertion: the end of the command's output and of each task's log."""
+    logs = "".join(f"\n{name}:\n{text[-2000:]}" for name, text in task_logs(env).items())
+    return run.stdout[-2000:] + run.stderr[-2000:] + logs
 
 
 def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_mews(
-    airflow_env, tmp_path, postgres_credentials
+    airflow_with_executor, tmp_path, postgres_credentials
 ):
     sandbox = lagging_sandbox(orders=600, seed=47)
     project = tmp_path / "project"
     env = {
-        **airflow_env,
+        **airflow_with_executor,
         "DLT_PROJECT_DIR": str(project),  # where the workers find .dlt/, as documented
         "DLT_DATA_DIR": str(tmp_path / "dlt_data"),
         # An Airflow Variable dlt would read if its Airflow secrets provider were on: services
@@ -176,10 +243,10 @@ def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_m
     with serve(sandbox) as url:
         operator_setup(project, sandbox, url, postgres_credentials)
         first = dags_test(env)
-        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+        assert first.returncode == 0, what_happened(first, env)
         change_orders_and_notes(sandbox)
         second = dags_test(env)
-        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+        assert second.returncode == 0, what_happened(second, env)
 
     target = Target(sandbox, tmp_path, postgres_credentials)
     assert_equals_truth(target)
