@@ -37,13 +37,54 @@ COMMANDER_ORIGINS = (*LEGACY_COMMANDER_ORIGINS, "RoomingList")  # added 2026-01
 CHANNELS = ("Booking.com", "Expedia", "Airbnb", "Hotelbeds")
 ADDITIONAL_SERVICES = ("Breakfast", "Parking", "Spa", "Airport transfer", "City tour",
                        "Late checkout", "Minibar")
-# Name, ShortName, TimeZoneIdentifier, country, DefaultLanguageCode, Pricing. Zones with and
-# without daylight saving time, east and west of UTC.
+# Name, ShortName, TimeZoneIdentifier, country, DefaultLanguageCode, Pricing, currency. Zones
+# with and without daylight saving time, east and west of UTC.
 ENTERPRISE_PROFILES = (
-    ("Hotel Aurora Prague", "Aurora PRG", "Europe/Prague", "CZ", "cs-CZ", "Gross"),
-    ("Harbour View Honolulu", "Harbour HNL", "Pacific/Honolulu", "US", "en-US", "Net"),
-    ("Alpine Lodge Innsbruck", None, "Europe/Vienna", "AT", "de-AT", "Gross"),
+    ("Hotel Aurora Prague", "Aurora PRG", "Europe/Prague", "CZ", "cs-CZ", "Gross", "CZK"),
+    ("Harbour View Honolulu", "Harbour HNL", "Pacific/Honolulu", "US", "en-US", "Net", "USD"),
+    ("Alpine Lodge Innsbruck", None, "Europe/Vienna", "AT", "de-AT", "Gross", "EUR"),
 )
+# Tax rates by country: (code, rate) of the reduced and the standard rate.
+TAX_RATES = {
+    "CZ": (("CZ-2024-R", 0.12), ("CZ-2024-S", 0.21)),
+    "US": (("US-HI-GET", 0.04712), ("US-HI-GET", 0.04712)),
+    "AT": (("AT-2016-R", 0.10), ("AT-2016-S", 0.20)),
+}
+PRICE_FACTOR = {"CZK": 25.0, "USD": 1.1, "EUR": 1.0}  # catalogue prices are in EUR
+# Products of each Additional service: English name, short name, classification, reduced tax
+# rate, price in EUR. Prices have cents, and net values from a gross price have four decimals
+# (3.5 / 1.12 = 3.125, 12.5 / 1.12 = 11.1607): sums of floats are not sums of decimals.
+PRODUCT_CATALOGUE: dict[str, tuple[tuple[str, str, str | None, bool, float], ...]] = {
+    "Breakfast": (("Continental breakfast", "CONT", "Food", True, 12.5),
+                  ("Breakfast buffet", "BUFF", "Food", True, 18.9),
+                  ("Kids breakfast", "KIDS", "Food", True, 7.45)),
+    "Parking": (("Parking spot per day", "PARK", None, False, 15.0),
+                ("Garage per day", "GAR", None, False, 22.5),
+                ("EV charging", "EV", None, False, 9.99)),
+    "Spa": (("Massage 60 min", "MAS60", "Wellness", False, 79.0),
+            ("Sauna entry", "SAUNA", "Wellness", False, 14.5),
+            ("Spa day pass", "SPA", "Wellness", False, 45.0)),
+    "Airport transfer": (("Transfer one way", "TR1", None, False, 39.9),
+                         ("Transfer return", "TR2", None, False, 72.0)),
+    "City tour": (("Walking tour", "WALK", None, False, 25.0),
+                  ("Bus tour", "BUS", None, False, 33.3)),
+    "Late checkout": (("Late checkout until 14:00", "LC14", None, False, 20.0),
+                      ("Late checkout until 18:00", "LC18", None, False, 45.0)),
+    "Minibar": (("Water", "H2O", "Beverage", True, 3.5), ("Beer", "BEER", "Beverage", False, 5.9),
+                ("Chocolate", "CHOC", "Food", True, 4.2)),
+}
+LOCAL_NAMES = {  # a few translations: Names holds the languages a product has
+    "cs-CZ": {"Continental breakfast": "Kontinentální snídaně", "Breakfast buffet": "Snídaně",
+              "Parking spot per day": "Parkování na den", "Water": "Voda", "Beer": "Pivo"},
+    "de-AT": {"Continental breakfast": "Kontinentales Frühstück", "Sauna entry": "Saunaeintritt",
+              "Garage per day": "Garage pro Tag", "Beer": "Bier"},
+}
+ACCOUNTING_CATEGORIES = ("Food", "Beverage", "Wellness", "Other")
+CLASSIFICATIONS = ("Food", "Beverage", "Wellness", "CityTax", "Fee")
+# The order's state -> its items' AccountingState (Processed: most are Closed on a bill).
+ITEM_STATES = {"Canceled": "Canceled", "Optional": "Inactive", "Inquired": "Inactive",
+               "Enquired": "Inactive", "Requested": "Inactive"}
+ITEM_COUNT_WEIGHTS = (50, 35, 15)  # 1, 2 or 3 items per order: 1.65 on average
 CHAIN_NAME = "Sandbox Hotels"
 NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
 NOTE_TYPE_WEIGHTS = (80, 15, 5)
@@ -73,6 +114,7 @@ class Enterprise:
     CreatedUtc: float
     UpdatedUtc: float
     LinkedUtc: float  # added to the portfolio
+    currency: str  # not in enterprises/getAll (configuration/get has it): the items' currency
 
 
 # Attributes carry the API's names so that updates given in API names need no mapping table.
@@ -133,12 +175,85 @@ class Note:
     extra: dict[str, Any] | None = None  # fields the API may add one day; shared, never mutated
 
 
+@dataclass(slots=True, frozen=True)
+class Price:
+    """An amount in one tax rate: a unit price, or a unit count times one."""
+
+    Currency: str
+    NetValue: float
+    GrossValue: float
+    TaxCode: str
+    TaxValue: float
+
+    def times(self, count: int) -> "Price":
+        if count == 1:
+            return self
+        return Price(self.Currency, round(self.NetValue * count, 4),
+                     round(self.GrossValue * count, 4), self.TaxCode,
+                     round(self.TaxValue * count, 4))
+
+
+def make_price(currency: str, value: float, tax: tuple[str, float], gross_pricing: bool) -> Price:
+    """A unit price from the value an enterprise prices in: gross (tax included) or net."""
+    code, rate = tax
+    if gross_pricing:
+        gross = round(value, 2)
+        net = round(gross / (1 + rate), 4)
+        return Price(currency, net, gross, code, round(gross - net, 4))
+    net = round(value, 4)
+    tax_value = round(net * rate, 4)
+    return Price(currency, net, round(net + tax_value, 4), code, tax_value)
+
+
+@dataclass(slots=True, eq=False)
+class Product:
+    seq: int
+    Id: str
+    ServiceId: str
+    EnterpriseId: str  # not in the API's product: the token scope it belongs to
+    Names: dict[str, str]
+    ShortName: str
+    classification: str | None  # the one of CLASSIFICATIONS that is true
+    AccountingCategoryId: str
+    IsActive: bool
+    default: bool  # a "default product" (IncludeDefault); never in generated items
+    Price: Price
+    CreatedUtc: float
+    UpdatedUtc: float
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """An order item. Order, service, account and enterprise come from `order`; the amounts
+    are `unit` times UnitCount, computed when shown."""
+
+    seq: int
+    Id: str
+    order: Order
+    EnterpriseId: str
+    Type: str  # ProductOrder, ProductOrderRebate, CustomItem
+    product_id: str | None  # None: a custom item (orders/add Items)
+    BillingName: str
+    AccountingCategoryId: str | None
+    UnitCount: int
+    unit: Price
+    AccountingState: str
+    CreatedUtc: float
+    UpdatedUtc: float
+    ConsumedUtc: float
+    ClosedUtc: float | None = None
+    CanceledUtc: float | None = None
+    BillId: str | None = None
+    rebated_id: str | None = None  # the item a ProductOrderRebate rebates
+
+
 @dataclass
 class Dataset:
     enterprises: list[Enterprise] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    products: list[Product] = field(default_factory=list)
 
 
 def fmt_ts(ts: float | None) -> str | None:
@@ -264,6 +379,98 @@ def service_to_api(service: Service, shape: ServiceShape) -> dict[str, Any]:
     return api
 
 
+def amount_to_api(price: Price) -> dict[str, Any]:
+    """The Amount object: one tax rate, so one tax value and one breakdown item."""
+    return {
+        "Currency": price.Currency, "NetValue": price.NetValue, "GrossValue": price.GrossValue,
+        "TaxValues": [{"Code": price.TaxCode, "Value": price.TaxValue}],
+        "Breakdown": {"Items": [{"TaxRateCode": price.TaxCode, "NetValue": price.NetValue,
+                                 "TaxValue": price.TaxValue}]},
+    }
+
+
+def product_to_api(p: Product) -> dict[str, Any]:
+    """The current documentation's product (products.md), its deprecated fields left out."""
+    return {
+        "Id": p.Id, "ServiceId": p.ServiceId, "CreatedUtc": fmt_ts(p.CreatedUtc),
+        "UpdatedUtc": fmt_ts(p.UpdatedUtc), "CategoryId": None,
+        "AccountingCategoryId": p.AccountingCategoryId, "IsActive": p.IsActive,
+        "Names": dict(p.Names), "ExternalNames": dict(p.Names),
+        "ShortNames": {"en-US": p.ShortName}, "Descriptions": {},
+        "ChargingMode": "Once", "PostingMode": "Once",
+        "Options": {"BillAsPackage": False, "ExcludePriceFromOffer": False},
+        "Promotions": {"BeforeCheckIn": False, "AfterCheckIn": True, "DuringStay": True,
+                       "BeforeCheckOut": False, "AfterCheckOut": False,
+                       "DuringCheckOut": False},
+        "Classifications": {name: name == p.classification for name in CLASSIFICATIONS},
+        "Price": amount_to_api(p.Price), "Ordering": p.seq, "ExternalIdentifier": None,
+        "ConsumptionMoment": "ServiceOrderStart",
+    }
+
+
+def _item_data(item: Item) -> dict[str, Any] | None:
+    if item.Type == "ProductOrderRebate":
+        return {"Discriminator": "Rebate", "Product": None,
+                "Rebate": {"ProductId": item.product_id, "RebatedItemId": item.rebated_id}}
+    if item.product_id is None:
+        return None  # a custom item
+    return {"Discriminator": "Product", "Rebate": None, "Product": {
+        "ProductId": item.product_id, "AgeCategoryId": None, "ProductType": "Product"}}
+
+
+def item_to_api(item: Item) -> dict[str, Any]:
+    """The current documentation's order item (orderitems.md). OriginalAmount equals Amount:
+    the sandbox converts no currency."""
+    order = item.order
+    amount = amount_to_api(item.unit.times(item.UnitCount))
+    return {
+        "Id": item.Id, "EnterpriseId": item.EnterpriseId, "AccountId": order.AccountId,
+        "AccountType": order.AccountType, "Notes": None, "ServiceId": order.ServiceId,
+        "ServiceOrderId": order.Id, "BillId": item.BillId,
+        "AccountingCategoryId": item.AccountingCategoryId, "BillingName": item.BillingName,
+        "ExternalIdentifier": None, "UnitCount": item.UnitCount,
+        "UnitAmount": amount_to_api(item.unit), "Amount": amount, "OriginalAmount": amount,
+        "RevenueType": "Additional" if item.product_id is None else "Product",
+        "CreatorProfileId": order.CreatorProfileId, "UpdaterProfileId": order.UpdaterProfileId,
+        "CreatedUtc": fmt_ts(item.CreatedUtc), "UpdatedUtc": fmt_ts(item.UpdatedUtc),
+        "ConsumedUtc": fmt_ts(item.ConsumedUtc), "CanceledUtc": fmt_ts(item.CanceledUtc),
+        "ClosedUtc": fmt_ts(item.ClosedUtc), "StartUtc": None, "ClaimedUtc": None,
+        "AccountingState": item.AccountingState, "Type": item.Type,
+        "Options": {"CanceledWithReservation": False}, "Data": _item_data(item),
+    }
+
+
+@lru_cache(maxsize=4096)
+def _amount_json(price: Price) -> str:
+    return _encode(amount_to_api(price))  # a few hundred distinct amounts: nearly all cached
+
+
+def item_json(item: Item) -> bytes:
+    """Compact JSON of item_to_api(item), byte for byte, with the amounts from a cache: a page
+    of 1000 items costs 26 ms of CPU instead of 59 with json.dumps of the dicts."""
+    o = item.order
+    amount = _amount_json(item.unit.times(item.UnitCount))
+    text = (
+        f'{{"Id":{_js(item.Id)},"EnterpriseId":{_js(item.EnterpriseId)},'
+        f'"AccountId":{_js(o.AccountId)},"AccountType":{_js(o.AccountType)},"Notes":null,'
+        f'"ServiceId":{_js(o.ServiceId)},"ServiceOrderId":{_js(o.Id)},'
+        f'"BillId":{_js(item.BillId)},"AccountingCategoryId":{_js(item.AccountingCategoryId)},'
+        f'"BillingName":{_js(item.BillingName)},"ExternalIdentifier":null,'
+        f'"UnitCount":{item.UnitCount},"UnitAmount":{_amount_json(item.unit)},'
+        f'"Amount":{amount},"OriginalAmount":{amount},'
+        f'"RevenueType":"{"Additional" if item.product_id is None else "Product"}",'
+        f'"CreatorProfileId":{_js(o.CreatorProfileId)},'
+        f'"UpdaterProfileId":{_js(o.UpdaterProfileId)},'
+        f'"CreatedUtc":{_js(fmt_ts(item.CreatedUtc))},"UpdatedUtc":{_js(fmt_ts(item.UpdatedUtc))},'
+        f'"ConsumedUtc":{_js(fmt_ts(item.ConsumedUtc))},'
+        f'"CanceledUtc":{_js(fmt_ts(item.CanceledUtc))},"ClosedUtc":{_js(fmt_ts(item.ClosedUtc))},'
+        f'"StartUtc":null,"ClaimedUtc":null,"AccountingState":{_js(item.AccountingState)},'
+        f'"Type":{_js(item.Type)},"Options":{{"CanceledWithReservation":false}},'
+        f'"Data":{_js(_item_data(item))}}}'
+    )
+    return text.encode()
+
+
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
@@ -319,14 +526,14 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
     # The enterprises' details come from their own RNG: the main sequence stays as it was.
     details = random.Random(f"enterprises-{seed}")
     chain_id = new_id(details)
-    for name, short, zone, country, language, pricing in ENTERPRISE_PROFILES:
+    for name, short, zone, country, language, pricing, currency in ENTERPRISE_PROFILES:
         created = start - 365 * DAY - details.randrange(365 * DAY)
         data.enterprises.append(Enterprise(
             seq=len(data.enterprises), Id=new_id(rng), Name=name, ShortName=short,
             TimeZoneIdentifier=zone, Country=country, DefaultLanguageCode=language,
             Pricing=pricing, ChainId=chain_id, CreatedUtc=created,
             UpdatedUtc=created + details.randrange(anchor - created),
-            LinkedUtc=created + details.randrange(30 * DAY)))
+            LinkedUtc=created + details.randrange(30 * DAY), currency=currency))
     additional: list[Service] = []
     for enterprise in data.enterprises:
         names = ["Accommodation", *rng.sample(ADDITIONAL_SERVICES, 5)]
@@ -339,6 +546,9 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
             data.services.append(service)
             if not service.bookable:
                 additional.append(service)
+    # Products from an RNG of their own too: the orders of a seed stay as they were.
+    data.products = generate_products(data.enterprises, additional, anchor,
+                                      random.Random(f"products-{seed}"))
 
     accounts = [new_id(rng) for _ in range(max(20, orders // 3))]
     reservations = [new_id(rng) for _ in range(max(10, orders // 4))]
@@ -435,6 +645,88 @@ def generate(orders: int, seed: int, now: datetime, *, legacy_values: bool = Fal
                 UpdatedUtc=created + int(rand() * (order.UpdatedUtc - created + 1)) if edited
                 else created, extra=privacy[len(data.notes) % 10 == 0]))
     return data
+
+
+def generate_products(enterprises: list[Enterprise], services: list[Service], anchor: int,
+                      rng: random.Random) -> list[Product]:
+    """The catalogue's products of each Additional service, priced in its enterprise's
+    currency, one in ten retired, and one default product per service."""
+    by_id = {e.Id: e for e in enterprises}
+    categories = {e.Id: {name: new_id(rng) for name in ACCOUNTING_CATEGORIES} for e in enterprises}
+    products: list[Product] = []
+    for service in services:
+        enterprise = by_id[service.EnterpriseId]
+        reduced, standard = TAX_RATES[enterprise.Country]
+        fee = ("Service fee", "FEE", "Fee", False, 2.0)
+        for name, short, kind, low, eur in (*PRODUCT_CATALOGUE[service.Name], fee):
+            names = {"en-US": name}
+            if local := LOCAL_NAMES.get(enterprise.DefaultLanguageCode, {}).get(name):
+                names[enterprise.DefaultLanguageCode] = local
+            value = eur * PRICE_FACTOR[enterprise.currency]
+            created = service.CreatedUtc + rng.randrange(30 * DAY)
+            products.append(Product(
+                seq=len(products), Id=new_id(rng), ServiceId=service.Id,
+                EnterpriseId=enterprise.Id, Names=names, ShortName=short, classification=kind,
+                AccountingCategoryId=categories[enterprise.Id][
+                    kind if kind in ACCOUNTING_CATEGORIES else "Other"],
+                IsActive=rng.random() >= 0.1, default=name == fee[0],
+                Price=make_price(enterprise.currency, value, reduced if low else standard,
+                                 enterprise.Pricing == "Gross"),
+                CreatedUtc=created, UpdatedUtc=created + rng.randrange(anchor - created)))
+    return products
+
+
+def generate_items(orders: list[Order], products: list[Product], rng: random.Random,
+                   ) -> list[Item]:
+    """1 to 3 items per order, of its service's products (never a default product), with
+    accounting states that follow the order's state, and a rebate for 3% of closed items.
+    Every time lies between the order's CreatedUtc and UpdatedUtc (the consumption may lie
+    later): consistent whether or not an item change bumps its order."""
+    by_service: dict[str, list[Product]] = {}
+    for product in products:
+        if not product.default:
+            by_service.setdefault(product.ServiceId, []).append(product)
+    counts = rng.choices((1, 2, 3), ITEM_COUNT_WEIGHTS, k=len(orders))
+    rand = rng.random
+    items: list[Item] = []
+    for order, count in zip(orders, counts, strict=True):
+        state = ITEM_STATES.get(order.State, "Open")
+        if order.State == "Processed" and rand() < 0.9:
+            state = "Closed"
+        created, span = order.CreatedUtc, max(0, order.UpdatedUtc - order.CreatedUtc)
+        bill = new_id(rng) if state == "Closed" or (state == "Open" and rand() < 0.5) else None
+        choices = by_service[order.ServiceId]
+        for _ in range(count):
+            product = choices[int(rand() * len(choices))]
+            consumed = created + int(rand() * (min(span, 3 * DAY) + 1))
+            item = Item(
+                seq=len(items), Id=new_id(rng), order=order, EnterpriseId=product.EnterpriseId,
+                Type="ProductOrder", product_id=product.Id, BillingName=product.Names["en-US"],
+                AccountingCategoryId=product.AccountingCategoryId,
+                UnitCount=1 + int(rand() * 4), unit=product.Price, AccountingState=state,
+                CreatedUtc=created, UpdatedUtc=consumed, ConsumedUtc=consumed, BillId=bill)
+            if state == "Closed":  # closed on a bill after consumption
+                item.ClosedUtc = item.UpdatedUtc = consumed + int(
+                    rand() * (order.UpdatedUtc - consumed + 1))
+            elif state == "Canceled":
+                item.CanceledUtc = item.UpdatedUtc = order.CancelledUtc or order.UpdatedUtc
+            items.append(item)
+            if state == "Closed" and rand() < 0.03:
+                at = item.UpdatedUtc + int(rand() * (order.UpdatedUtc - item.UpdatedUtc + 1))
+                items.append(rebate(item, len(items), new_id(rng), at))
+    return items
+
+
+def rebate(item: Item, seq: int, item_id: str, at: float) -> Item:
+    """A ProductOrderRebate item taking back the whole of `item`: a negative amount."""
+    unit = item.unit
+    negative = Price(unit.Currency, -unit.NetValue, -unit.GrossValue, unit.TaxCode,
+                     -unit.TaxValue)
+    return Item(seq=seq, Id=item_id, order=item.order, EnterpriseId=item.EnterpriseId,
+                Type="ProductOrderRebate", product_id=item.product_id,
+                BillingName=item.BillingName, AccountingCategoryId=item.AccountingCategoryId,
+                UnitCount=item.UnitCount, unit=negative, AccountingState="Open", CreatedUtc=at,
+                UpdatedUtc=at, ConsumedUtc=at, rebated_id=item.Id)
 
 
 def add_unknown_order_fields(orders: list[Order], rng: random.Random) -> None:

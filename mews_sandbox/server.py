@@ -50,7 +50,10 @@ def _handler_class(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             try:
-                self.send_response(answer.status)
+                # Not send_response, which adds a Date from this machine's clock: the answer
+                # has the sandbox's own (or none, as its config says).
+                self.send_response_only(answer.status)
+                self.send_header("Server", self.version_string())
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(answer.body)))

@@ -41,6 +41,7 @@ from pipelines.failures import (
     EXIT_UNAVAILABLE,
     INTERRUPTED,
     explain,
+    raised_by,
 )
 from sources.errors import MewsConfigError
 
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "[mews_sync] in .dlt/config.toml, else INFO)",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    commands.add_parser(
+    run = commands.add_parser(
         "run", help="incremental sync from the stored state up to now", description=RUN_HELP
     )
     backfill = commands.add_parser(
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--start", required=True, help="ISO 8601 date or time, UTC")
     backfill.add_argument("--end", required=True, help="ISO 8601 date or time, UTC (exclusive)")
+    for command in (run, backfill):
+        command.add_argument(
+            "--property",
+            help="the property (its own token, state and records) to load: its settings are "
+            "PROPERTY__SOURCES__MEWS__... first (default: MEWS_SYNC__PROPERTY, else none)",
+        )
     demo = commands.add_parser("demo", help="sync a bundled sandbox into a local DuckDB file")
     demo.add_argument("--orders", type=int, default=DEMO_ORDERS, help="orders to generate")
     demo.add_argument("--path", default="mews_demo.duckdb", help="the DuckDB file to create")
@@ -155,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="watermarks, last runs, rows per table and orders per month"
     )
     status.add_argument("--path", help="the DuckDB file (default: as configured for runs)")
+    status.add_argument(
+        "--property", help="one property in full (default: every property at a glance)"
+    )
     query = commands.add_parser("query", help="print the result of a SQL query as a table")
     query.add_argument("sql", nargs="?", help="the SQL; tables resolve in the mews dataset")
     query.add_argument("-f", "--file", help="read the SQL from this file instead")
@@ -213,12 +223,14 @@ def setup_logging(level: str | None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    recorded_sync("run")
+    recorded_sync("run", property=args.property)
     return EXIT_OK
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    recorded_sync("backfill", backfill_start=args.start, backfill_end=args.end)
+    recorded_sync(
+        "backfill", property=args.property, backfill_start=args.start, backfill_end=args.end
+    )
     return EXIT_OK
 
 
@@ -271,7 +283,7 @@ def demo_command(args: argparse.Namespace) -> int:
         report = recorded_sync(
             "demo",
             storage=storage,
-            pipeline_name=DEMO_PIPELINE,
+            property=DEMO_PIPELINE,
             pipelines_dir=workdir,
             platform_url=url,
             client_token=DEMO_CLIENT_TOKEN,
@@ -328,10 +340,12 @@ def sandbox_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    from pipelines.properties import check_property
     from pipelines.status import status_screen
     from pipelines.storage import configured_storage
 
-    print(status_screen(configured_storage(args.path)))
+    property = check_property(args.property, "--property") if args.property else None
+    print(status_screen(configured_storage(args.path), property))
     return EXIT_OK
 
 
@@ -364,7 +378,7 @@ def query_command(args: argparse.Namespace) -> int:
         try:
             columns, rows = interruptible(reader, run_query)
         except Exception as exc:  # noqa: BLE001 - DuckDB's or PostgreSQL's refusal of the SQL
-            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb", "psycopg2"):
+            if not raised_by(exc, "duckdb", "psycopg2"):
                 raise
             raise MewsConfigError(f"The query failed: {first_line(exc)}") from None
     if not columns:

@@ -4,10 +4,12 @@ The source declares dlt merges (see `sources/mews`), which are right on every de
 DuckDB and PostgreSQL the pipeline loads orders and notes by appending instead and then
 removes the rows they supersede, here: a merge copies every row into a staging table and
 again into the table, which on a first sync of 200,000 orders into DuckDB cost 3.5 s of CPU
-against 1.4 s for appending. Only rows of loads newer than the mark in `_mews_sync_cleaned`
-are looked at, so a nightly run touches what it loaded; the mark moves in the same
-transaction as the deletes, and only to a load dlt finished, so a run killed before this is
-healed by the next. Load ids are timestamps: a later load read later.
+against 1.4 s for appending. Only rows of loads no clean-up has looked at yet (those not in
+`_mews_sync_cleaned_loads`) are looked at, so a nightly run touches what it loaded; a load is
+entered there in the same transaction as the deletes, and only once dlt finished it, so a run
+killed before this is healed by the next. Of one property, load ids are timestamps: a later
+load read later. Properties have orders of their own services, so of different ones never
+supersede each other's rows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from sources.mews import NOTE_MARKER_COLUMN
 
 log = logging.getLogger("mews_sync")
 
-CLEANED_MARK_TABLE = "_mews_sync_cleaned"
+# The loads a clean-up has looked at, one row each. Before properties, one mark stood for
+# every load up to it (`_mews_sync_cleaned`): it is still read, never written.
+CLEANED_TABLE = "_mews_sync_cleaned_loads"
+LEGACY_MARK_TABLE = "_mews_sync_cleaned"
 # Each destination's name for a row's physical identity, to tell apart two copies of a row.
 ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
 APPENDED = ("product_service_orders", "service_order_notes")
@@ -75,47 +80,52 @@ def without_markers(notes: pa.Table) -> pa.Table:
 
 
 def compact(sql_client: Any, destination: str) -> Compacted:
-    """Keep one row per order and per note, the latest read, and drop the notes Mews deleted.
+    """Keep one row per order and per note, the latest read, and drop the notes Mews deleted,
+    looking only at rows of the loads dlt finished that no clean-up has looked at yet.
 
     Whenever an order is read, all its notes are read in the same load, so a current note
     carries its order's `_dlt_load_id`; one with another load id was deleted in Mews (Mews only
-    leaves it out).
+    leaves it out). Run only under the destination's write lock: then no other load is under
+    way, and the loads of every property into the dataset are cleaned up, whichever run does
+    it, since their load ids (made when each run began to read) come in any order.
     """
     row_id = ROW_ID[destination]
     done = Compacted()
-    existing = existing_tables(sql_client, APPENDED)
+    existing = existing_tables(sql_client, (*APPENDED, LEGACY_MARK_TABLE))
     if "product_service_orders" not in existing:
         return done
-    mark_table = sql_client.make_qualified_table_name(CLEANED_MARK_TABLE)
-    sql_client.execute_sql(f"create table if not exists {mark_table} (load_id varchar not null)")
+    cleaned = sql_client.make_qualified_table_name(CLEANED_TABLE)
+    sql_client.execute_sql(f"create table if not exists {cleaned} (load_id varchar not null)")
     orders = sql_client.make_qualified_table_name("product_service_orders")
     notes = sql_client.make_qualified_table_name("service_order_notes")
     loads = sql_client.make_qualified_table_name("_dlt_loads")
     with sql_client.begin_transaction():
-        ((mark,),) = sql_client.execute_sql(f"select coalesce(max(load_id), '') from {mark_table}")
+        legacy = ""
+        if LEGACY_MARK_TABLE in existing:
+            legacy_table = sql_client.make_qualified_table_name(LEGACY_MARK_TABLE)
+            ((legacy,),) = sql_client.execute_sql(
+                f"select coalesce(max(load_id), '') from {legacy_table}"
+            )
+        new = f"""(select load_id from {loads} where status = 0 and load_id > %s
+            and load_id not in (select load_id from {cleaned}))"""
         done.superseded_orders = affected(
-            sql_client, delete_superseded(orders, row_id, "updated_utc desc"), mark
+            sql_client, delete_superseded(orders, row_id, "updated_utc desc", new), legacy
         )
         if "service_order_notes" in existing:
             # A join on keys, not dlt's merge key: that would make a delete an OR of two
             # keys, which DuckDB cannot hash-join (a nightly into 1M orders took 79 s so).
             # Older copies go first, so that what remains to delete was deleted in Mews.
             done.superseded_notes = affected(
-                sql_client, delete_superseded(notes, row_id, "id"), mark
+                sql_client, delete_superseded(notes, row_id, "id", new), legacy
             )
             done.deleted_notes = affected(
                 sql_client,
                 f"""delete from {notes} as n using {orders} as o
-                where o.id = n.service_order_id and o._dlt_load_id > %s
+                where o.id = n.service_order_id and o._dlt_load_id in {new}
                 and n._dlt_load_id <> o._dlt_load_id""",
-                mark,
+                legacy,
             )
-        sql_client.execute_sql(f"delete from {mark_table}")
-        sql_client.execute_sql(
-            f"""insert into {mark_table} select coalesce(max(load_id), %s)
-            from {loads} where status = 0""",
-            mark,
-        )
+        sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
     if done.deleted_notes:
         log.info("removed %d notes Mews no longer has", done.deleted_notes)
     if done.superseded_orders or done.superseded_notes:
@@ -127,9 +137,10 @@ def compact(sql_client: Any, destination: str) -> Compacted:
     return done
 
 
-def delete_superseded(table: str, row_id: str, then: str) -> str:
-    """Of the rows sharing an id with a row loaded after the mark (%s), keep the latest
-    load's (ordered by `then` within one load, where a row read twice comes twice)."""
+def delete_superseded(table: str, row_id: str, then: str, new: str) -> str:
+    """Of the rows sharing an id with a row of the `new` loads (a subquery of load ids), keep
+    the latest load's (ordered by `then` within one load, where a row read twice comes
+    twice)."""
     return f"""delete from {table} where {row_id} in (
         select {row_id} from (
             select {row_id}, row_number() over (
@@ -137,7 +148,7 @@ def delete_superseded(table: str, row_id: str, then: str) -> str:
             from {table}
             where id in (
                 select id from {table}
-                where id in (select id from {table} where _dlt_load_id > %s)
+                where id in (select id from {table} where _dlt_load_id in {new})
                 group by id having count(*) > 1)) as copies
         where newest > 1)"""
 

@@ -47,12 +47,11 @@ def explain(exc: BaseException) -> tuple[int, str]:
             )
         if "Could not read enough bytes from file" in str(cause):  # DuckDB's, mid-query
             return EXIT_CONFIG, truncated_file(str(cause))
-        if "Could not set lock" in str(cause) and type(cause).__module__.startswith("duckdb"):
-            # Another process opened the DuckDB file after the run's own check.
-            return EXIT_BUSY, (
-                "Another process has the DuckDB file open (a BI tool, `duckdb -readonly`?): "
-                "close it and try again; analysts should read the analytics copy instead."
-            )
+        if "Could not set lock on file" in str(cause) and raised_by(cause, "duckdb", "dlt"):
+            # Another process opened the DuckDB file after the run's own check: DuckDB's
+            # _duckdb.IOException, wrapped by dlt (DestinationConnectionError, then
+            # PipelineStepFailed, whose text has DuckDB's).
+            return EXIT_BUSY, opened_during_run(str(cause))
     return EXIT_BUG, str(exc)
 
 
@@ -87,6 +86,26 @@ def broken_settings_file(error: BaseException) -> str:
             return str(found)
     first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     return f"A .dlt settings file could not be read ({first}): fix it."
+
+
+def raised_by(exc: BaseException, *packages: str) -> bool:
+    """Whether `exc` is one of these packages' own (DuckDB's are `_duckdb.*`)."""
+    return type(exc).__module__.split(".")[0].lstrip("_") in packages
+
+
+def opened_during_run(message: str) -> str:
+    """The sentence for a DuckDB file another process opened while the run was writing it.
+    What the run extracted stays pending in dlt's working folder; the next run loads it
+    first (`mews_pipeline.load`)."""
+    import re
+
+    found = re.search(r'lock on file "([^"]+)"', message)
+    where = found.group(1) if found else "the DuckDB file"
+    return (
+        f"Another process opened {where} during the run (a BI tool, a notebook, `duckdb "
+        "-readonly`?): close it and run again, which loads what this run read; analysts "
+        "should read the analytics copy instead."
+    )
 
 
 def truncated_file(message: str) -> str:

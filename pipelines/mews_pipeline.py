@@ -1,9 +1,11 @@
 """The runnable pipeline: `sync`, the one way to load, which the CLI, the Airflow recipe and the
-tests all call, on DuckDB or PostgreSQL.
+tests all call, on DuckDB or PostgreSQL, for one property (one Mews token) at a time.
 
-A run takes the destination's lock, finishes a load a killed run left behind, then runs the
-source until its state says nothing is pending (a long history loads in steps), re-creates the
-views, counts the rows, publishes the analysts' copy (DuckDB) and records itself.
+A run takes its property's run lock (a second run of the same property is skipped), reads what
+changed, and holds the destination's write lock only while it loads: runs of other properties
+read Mews at the same time and take turns to load. Each load finishes a load a killed run left
+behind, removes the rows it superseded, and the last one re-creates the views, counts the rows
+and publishes the analysts' copy (DuckDB). The run records itself, success or failure.
 """
 
 from __future__ import annotations
@@ -11,79 +13,97 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dlt
+from dlt.common.configuration import inject_section
+from dlt.common.configuration.specs.config_section_context import ConfigSectionContext
 
+from pipelines import config
 from pipelines.compaction import ROW_ID, compact, load_by_appending
 from pipelines.failures import EXIT_CONFIG, EXIT_OK, run_error
 from pipelines.progress import Progress
+from pipelines.properties import check_property, configured_property, pipeline_name
 from pipelines.runs import RunReport, record_run
-from pipelines.storage import DATASET_NAME, PIPELINE_NAME, Storage, configured_storage
+from pipelines.storage import DATASET_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
+from sources.errors import MewsConfigError
 from sources.mews import mews_source, pending_work
 from sources.mews.client import format_utc
-from sources.mews.settings import MAX_ORDERS_PER_LOAD
 
 log = logging.getLogger("mews_sync")
 
+# How long a run waits for another property's load into the same destination before it
+# stops with exit 5: a load of 400,000 orders (one step) took 20 s into DuckDB, 40 s into
+# PostgreSQL on the development machine.
+LOAD_WAIT_SECONDS = 600.0
+
 
 def build_pipeline(
-    storage: Storage, pipeline_name: str = PIPELINE_NAME, pipelines_dir: str | None = None
+    storage: Storage, name: str = pipeline_name(None), pipelines_dir: str | None = None
 ) -> dlt.Pipeline:
-    """The dlt pipeline into `storage`, in its own working folder (`dlt pipeline
-    --pipelines-dir <folder> mews_sync info` shows it)."""
+    """The dlt pipeline `name` (a property's) into `storage`, in the destination's working
+    folder (`dlt pipeline --pipelines-dir <folder> <name> info` shows it)."""
     # Every row records the load that wrote it (`_dlt_load_id`, which the compaction relies
     # on), for this pipeline only: dlt looks the setting up under the pipeline's name first.
-    os.environ.setdefault(
-        f"{pipeline_name.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true"
-    )
+    os.environ.setdefault(f"{name.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     return dlt.pipeline(
-        pipeline_name=pipeline_name,
+        pipeline_name=name,
         destination=storage.dlt_destination(),
         dataset_name=DATASET_NAME,
         pipelines_dir=pipelines_dir or str(storage.working_dir()),
     )
 
 
+@contextmanager
+def property_settings(name: str) -> Iterator[None]:
+    """dlt resolves the source's settings under the property's section first
+    (`HOTEL_A__SOURCES__MEWS__ACCESS_TOKEN`), then the plain `SOURCES__MEWS__...`."""
+    with inject_section(ConfigSectionContext(pipeline_name=name)):
+        yield
+
+
 def sync(
     kind: str = "run",
     storage: Storage | None = None,
-    pipeline_name: str = PIPELINE_NAME,
+    property: str | None = None,
     pipelines_dir: str | None = None,
     report: RunReport | None = None,
     **source_args: Any,
 ) -> RunReport:
-    """Run the source into the destination once (`kind`: "run", "backfill" or "demo"), leave
-    one row per order and per note, apply the views, publish, and record the run.
+    """Run the source of one property into the destination (`kind`: "run", "backfill" or
+    "demo"), leave one row per order and per note, apply the views, publish, and record the
+    run.
 
-    `storage` defaults to the configured destination (`configured_storage()`); `source_args`
-    go to `mews_source` (with `backfill_start`/`backfill_end` for a backfill). Pass a
-    `report` to keep what a failed run counted before it stopped. A configuration error
-    (configured services Mews does not list included) is raised before anything is locked or
-    written, and leaves no run record.
+    `storage` defaults to the configured destination (`configured_storage()`), `property` to
+    MEWS_SYNC__PROPERTY (none: the single default pipeline); `source_args` go to
+    `mews_source` (with `backfill_start`/`backfill_end` for a backfill). Pass a `report` to
+    keep what a failed run counted before it stopped. A configuration error (configured
+    services Mews does not list included) is raised before anything is locked or written,
+    and leaves no run record.
     """
     storage = storage or configured_storage()
+    property = check_property(property) if property else configured_property()
+    name = pipeline_name(property)
     report = report or RunReport(kind=kind, where=storage.where)
-    source_args.setdefault(
-        "max_orders_per_load",
-        dlt.config.get("sources.mews.max_orders_per_load", int) or MAX_ORDERS_PER_LOAD,
-    )
-    # Every step of this run ends at the same moment.
-    source_args.setdefault("end_date", format_utc(datetime.now(UTC).replace(microsecond=0)))
+    report.property = property
     started = time.monotonic()
     locked = False
     try:
         storage.check()  # a folder it cannot write
-        # Made once before anything is locked or written: its configuration errors come
-        # first, and it reads the services (a wrong address, unknown services).
-        source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
-        with storage.lock(), Progress(report.read, report.stats):
-            locked = True
-            pipeline = build_pipeline(storage, pipeline_name, pipelines_dir)
-            load(pipeline, source, kind == "backfill", source_args, report)
-            report.published = storage.publish()
+        with property_settings(name):
+            # Made once before anything is locked or written: its configuration errors come
+            # first, and it reads the services (a wrong address, unknown services).
+            source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+            # Every step of this run ends where the first does: at Mews' clock as it listed the
+            # services, unless the caller set an end.
+            source_args["end_date"] = format_utc(report.read.end)
+            with storage.run_lock(name), Progress(report.read, report.stats):
+                locked = True
+                pipeline = build_pipeline(storage, name, pipelines_dir)
+                load(pipeline, storage, source, kind == "backfill", source_args, report)
     except BaseException as exc:
         report.seconds = time.monotonic() - started
         code, error = run_error(exc)
@@ -96,36 +116,72 @@ def sync(
     return report
 
 
+def load_wait_seconds() -> float:
+    """MEWS_SYNC__LOAD_WAIT_SECONDS (or `load_wait_seconds` under [mews_sync])."""
+    value = config.value("mews_sync.load_wait_seconds")
+    if value is None:
+        return LOAD_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if seconds < 0:
+        raise MewsConfigError(
+            "MEWS_SYNC__LOAD_WAIT_SECONDS must be a number of seconds, 0 or more."
+        )
+    return seconds
+
+
 def load(
     pipeline: dlt.Pipeline,
+    storage: Storage,
     source: Any,
     backfill: bool,
     source_args: dict[str, Any],
     report: RunReport,
 ) -> None:
     """Load the source in steps until its state says nothing is pending, keeping one row per
-    order and note; then the views and the row counts."""
-    destination = pipeline.destination.destination_name
+    order and note; then the views, the row counts and the analysts' copy.
+
+    Reading Mews (dlt's extract) and writing the load files (normalize) happen outside the
+    destination's write lock, so runs of several properties read in parallel; the load and
+    the clean-up after it hold the lock, and the other properties' runs wait their turn."""
+    wait = load_wait_seconds()
     # The fast path where it was measured: append, then remove what the load superseded.
-    compacting = destination in ROW_ID
-    if pipeline.has_pending_data:
-        # A run was killed after extracting: finish its load first, or dlt would load only
-        # that and drop what this run extracts.
-        log.warning("finishing the load an interrupted run left behind")
-        pipeline.run()
+    compacting = pipeline.destination.destination_name in ROW_ID
+    with storage.lock(wait):
+        # The state as the destination has it (a new working folder, another machine), and
+        # what a run stopped after extracting left (killed, or another process opened the
+        # DuckDB file before its load): its packages, loaded first so that they are never
+        # dropped, then its clean-up.
+        pipeline.sync_destination()
+        if pipeline.has_pending_data:
+            log.warning("finishing the load an earlier run left pending")
+            pipeline.normalize()
+            pipeline.load()
+        if compacting:
+            clean_up(pipeline, report)
     while True:
         if compacting:
-            # What a run killed between its load and its compaction left behind, first.
-            with pipeline.sql_client() as client:
-                report.removed.add(compact(client, destination))
             load_by_appending(source)
-        pipeline.run(source)
-        if not pending_work(pipeline.state, backfill):
-            break
+        pipeline.extract(source)
+        pipeline.normalize()
+        last = not pending_work(pipeline.state, backfill)
+        with storage.lock(wait):
+            pipeline.load()
+            if compacting:
+                clean_up(pipeline, report)
+            if last:
+                with pipeline.sql_client() as client:
+                    apply_views(client)
+                    report.table_rows = count_rows(client)
+                report.published = storage.publish()
+                return
         log.info("loaded %d orders so far; going on", report.read.orders)
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
+
+
+def clean_up(pipeline: dlt.Pipeline, report: RunReport) -> None:
+    """Remove the rows the loads not yet cleaned up superseded (see `compaction`)."""
     with pipeline.sql_client() as client:
-        if compacting:
-            report.removed.add(compact(client, destination))
-        apply_views(client)
-        report.table_rows = count_rows(client)
+        report.removed.add(compact(client, pipeline.destination.destination_name))

@@ -43,6 +43,7 @@ class RunReport:
 
     kind: str
     where: str  # the destination, as a person names it: a file path or a database URL
+    property: str | None = None  # the property (its dlt pipeline); None: the default one
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     seconds: float = 0.0
     stats: ClientStats = field(default_factory=new_client_stats)
@@ -58,12 +59,13 @@ class RunReport:
         per_op = ", ".join(f"{op} {n}" for op, n in sorted(self.stats.requests.items()))
         tables = ", ".join(f"{t} {n}" for t, n in self.table_rows.items())
         read = self.read
+        what = f"mews-sync {self.kind}" + (f" of {self.property}" if self.property else "")
         if self.error is None:
-            head = f"mews-sync {self.kind} finished in {self.seconds:.1f} s into {self.where}"
+            head = f"{what} finished in {self.seconds:.1f} s into {self.where}"
         else:
             # A run that found the destination busy did nothing, by design, as `status` says.
             outcome = "SKIPPED" if self.exit_code == EXIT_BUSY else "FAILED"
-            head = f"mews-sync {self.kind} {outcome} after {self.seconds:.1f} s: {self.error}"
+            head = f"{what} {outcome} after {self.seconds:.1f} s: {self.error}"
             tables = tables or "not counted (the run did not finish)"
         lines = [
             head,
@@ -84,6 +86,8 @@ class RunReport:
             f"{self.removed.superseded_notes} notes read again; "
             f"{self.removed.deleted_notes} notes deleted in Mews",
         ]
+        if (warning := clock_warning(self.stats.mews_clock_offset)) is not None:
+            lines.append(f"  {warning}")
         if read.refresh_days:
             lines.append(f"  {refresh_line(read, self.table_rows.get('product_service_orders'))}")
         if self.published:
@@ -92,8 +96,10 @@ class RunReport:
 
     def record(self, exit_code: int) -> dict[str, Any]:
         """The run as one JSON-able line: counts and the error sentence, never a token."""
+        offset = self.stats.mews_clock_offset  # seconds Mews' clock is ahead of this machine's
         return {
             "kind": self.kind,
+            "property": self.property,
             "started": self.started.isoformat(timespec="seconds"),
             "finished": (self.started + timedelta(seconds=self.seconds)).isoformat(
                 timespec="seconds"
@@ -119,8 +125,27 @@ class RunReport:
             "end_probes": self.stats.end_probes,
             "timeouts": self.stats.timeouts,
             "too_long_windows": self.stats.too_long_windows,
+            "mews_clock_offset": offset if offset is None else round(offset, 1),
             "table_rows": self.table_rows,
         }
+
+
+# Within this, a clock is taken as right: the Date header alone is off by up to a second and
+# an answer's trip, and NTP keeps clocks within milliseconds.
+CLOCK_SKEW_WARNING_SECONDS = 60
+
+
+def clock_warning(mews_clock_offset: float | None) -> str | None:
+    """The line saying this machine's clock is off from Mews' (offset: seconds Mews' clock is
+    ahead), or None within a minute or when Mews sent no Date header."""
+    if mews_clock_offset is None or abs(mews_clock_offset) <= CLOCK_SKEW_WARNING_SECONDS:
+        return None
+    minutes = round(abs(mews_clock_offset) / 60, 1)
+    side = "ahead of" if mews_clock_offset < 0 else "behind"
+    return (
+        f"WARNING: this machine's clock is {minutes:g} minutes {side} Mews' clock; the windows "
+        "follow Mews' clock, but fix this machine's time sync (NTP)"
+    )
 
 
 def refresh_line(read: SourceStats, stored_orders: int | None) -> str:

@@ -16,7 +16,8 @@ import duckdb
 
 from pipelines.failures import EXIT_BUSY
 from pipelines.lock import SyncBusyError, file_lock
-from pipelines.runs import read_runs
+from pipelines.properties import pipeline_name
+from pipelines.runs import clock_warning, read_runs
 from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, check_whole, damaged
 from pipelines.views import TABLES
 from sources.errors import MewsConfigError
@@ -162,9 +163,12 @@ def cell(value: Any) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
-def status_screen(storage: Storage, now: datetime | None = None) -> str:
+def status_screen(
+    storage: Storage, property: str | None = None, now: datetime | None = None
+) -> str:
     """What an operator asks first: how far the data goes, how the last runs went, how much
-    there is, and whether orders keep coming."""
+    there is, and whether orders keep coming. A destination several properties load shows
+    each of them at a glance; `property` shows that one in full."""
     now = now or datetime.now(UTC)
     out = [f"mews-sync status of {storage.where} at {when(now)}", ""]
     runs = read_runs(storage.runs_path)
@@ -172,28 +176,84 @@ def status_screen(storage: Storage, now: datetime | None = None) -> str:
         with reading(storage) as reader:
             if reader.where != storage.where:
                 out[-1:] = [f"  read from the analysts' copy {reader.where}", ""]
-            out += watermark_lines(reader, now) + [""]
-            out += refresh_lines(reader, now) + [""]
-            out += run_lines(storage, runs, now) + [""]
+            names = pipelines_in(reader)
+            if property is None and len(names) > 1:
+                out += group_lines(reader, names, runs, now) + [""]
+                shown = None
+            else:
+                shown = pipeline_name(property or (names[0] if names else None))
+                if property:
+                    out += [f"Property {property}:", ""]
+                out += watermark_lines(reader, shown, now) + [""]
+                out += refresh_lines(reader, shown, now) + [""]
+                out += run_lines(storage, runs_of(runs, shown), now) + [""]
             out += table_lines(reader) + [""]
             out += chart_lines(reader, now) + [""]
-            out += dlt_lines(storage)
+            out += dlt_lines(storage, shown or "<property>")
     except SyncBusyError:
         out += ["A run is writing the DuckDB file now: its tables are not shown until it ends.", ""]
         out += run_lines(storage, runs, now)
     return "\n".join(out)
 
 
-def dlt_lines(storage: Storage) -> list[str]:
+def pipelines_in(reader: Reader) -> list[str]:
+    """The dlt pipelines (properties) whose state the dataset holds, by name."""
+    if not has(reader, "_dlt_pipeline_state"):
+        return []
+    rows = reader.rows("select distinct pipeline_name from _dlt_pipeline_state order by 1")
+    return [name for (name,) in rows]
+
+
+def runs_of(runs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The run records of one pipeline (records before properties are the default one's)."""
+    return [r for r in runs if pipeline_name(r.get("property")) == name]
+
+
+def group_lines(
+    reader: Reader, names: list[str], runs: list[dict[str, Any]], now: datetime
+) -> list[str]:
+    """Each property in a few lines: how far its orders go, its last runs, its refresh."""
+    out = [f"Properties ({len(names)}; mews-sync status --property NAME shows one in full):"]
+    for name in names:
+        state = orders_state(reader, name)
+        marks = sorted(state.get("watermarks", {}).values())
+        if marks:
+            oldest = datetime.fromisoformat(marks[0].replace("Z", "+00:00"))
+            loaded = f"orders loaded up to {when(oldest)} ({ago(now - oldest)})"
+        else:
+            loaded = "no incremental run has finished yet"
+        out.append(f"  {name}: {loaded}, {len(marks)} {plural(len(marks), 'service')}")
+        mine = runs_of(runs, name)
+        ok = next((r for r in reversed(mine) if r["status"] == "ok"), None)
+        failed = next((r for r in reversed(mine) if r["status"] == "failed"), None)
+        out.append(
+            f"    last success: {run_head(ok, now) if ok else 'none recorded'}; last failure: "
+            + (f"{run_head(failed, now)}, exit {failed['exit_code']}" if failed else "none")
+        )
+        progress = state.get("notes_refresh") or {}
+        if progress.get("every_days"):
+            position = progress.get("position", "")[:10]
+            out.append(
+                f"    notes refresh every {progress['every_days']:g} days: swept up to orders "
+                f"updated {position or 'the start'}"
+            )
+    return out
+
+
+def plural(count: int, noun: str) -> str:
+    return noun if count == 1 else noun + "s"
+
+
+def dlt_lines(storage: Storage, name: str) -> list[str]:
     return [
         "dlt's own view of the pipeline (its state, last trace and schema):",
-        f"  dlt pipeline --pipelines-dir {storage.working_dir()} mews_sync info",
+        f"  dlt pipeline --pipelines-dir {storage.working_dir()} {name} info",
     ]
 
 
-def watermark_lines(reader: Reader, now: datetime) -> list[str]:
+def watermark_lines(reader: Reader, name: str, now: datetime) -> list[str]:
     """Services that share a watermark, one line per watermark, with their names."""
-    marks = watermarks(reader)
+    marks = dict(orders_state(reader, name).get("watermarks", {}))
     names = dict(reader.rows("select id, name from services")) if has(reader, "services") else {}
     unsynced = sorted(set(names) - set(marks))
     sets: dict[str, list[str]] = {}
@@ -213,12 +273,16 @@ def watermark_lines(reader: Reader, now: datetime) -> list[str]:
     return out
 
 
-def orders_state(reader: Reader) -> dict[str, Any]:
-    """The source's state of its orders resource, from the newest pipeline state dlt stored:
-    the watermarks, and where the notes refresh stands."""
+def orders_state(reader: Reader, name: str) -> dict[str, Any]:
+    """The source's state of its orders resource, from the newest state dlt stored for the
+    pipeline `name`: the watermarks, and where the notes refresh stands."""
     if not has(reader, "_dlt_pipeline_state"):
         return {}
-    rows = reader.rows("select state from _dlt_pipeline_state order by created_at desc limit 1")
+    rows = reader.rows(
+        "select state from _dlt_pipeline_state where pipeline_name = %s "
+        "order by created_at desc limit 1",
+        name,
+    )
     if not rows:
         return {}
     state = decompress_state(rows[0][0])
@@ -253,14 +317,9 @@ def untyped(value: Any) -> Any:
     return value
 
 
-def watermarks(reader: Reader) -> dict[str, str]:
-    """Service id -> ISO watermark."""
-    return dict(orders_state(reader).get("watermarks", {}))
-
-
-def refresh_lines(reader: Reader, now: datetime) -> list[str]:
+def refresh_lines(reader: Reader, name: str, now: datetime) -> list[str]:
     """How far the notes refresh has come, and what it costs a day."""
-    progress = orders_state(reader).get("notes_refresh") or {}
+    progress = orders_state(reader, name).get("notes_refresh") or {}
     days = progress.get("every_days")
     if not days:
         return ["Notes refresh: off (SOURCES__MEWS__NOTES_REFRESH_DAYS = 0)"]
@@ -303,6 +362,8 @@ def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> li
             f"{ok['windows']} windows, {ok['notes']} notes; {ok['requests']} requests, "
             f"{ok['retries']} retries, {ok['throttled']} 429s",
         ]
+        if warning := clock_warning(ok.get("mews_clock_offset")):
+            out.append(f"    {warning}")
     else:
         out.append("  last success: none recorded")
     if failed:

@@ -20,7 +20,6 @@ from pipelines.config import data_dir
 from pipelines.lock import SyncBusyError, advisory_lock, file_lock
 from sources.errors import MewsConfigError, MewsUnavailableError
 
-PIPELINE_NAME = "mews_sync"
 DATASET_NAME = "mews"
 DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 DESTINATIONS = ("duckdb", "postgres")
@@ -102,15 +101,36 @@ class DuckDbStorage:
                 "writable, or point DESTINATION__DUCKDB__CREDENTIALS elsewhere."
             )
 
+    def run_lock_path(self, pipeline_name: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{pipeline_name}{LOCK_SUFFIX}")
+
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """The run's lock beside the file, then a check that the file can be written."""
+    def run_lock(self, pipeline_name: str) -> Iterator[None]:
+        """One run of a property at a time: a second one finds this taken and is skipped."""
         self.check()
         busy = (
-            f"Another mews-sync run is using {self.path} (or a query is reading it); wait "
-            "for it to finish."
+            f"Another mews-sync run {of_property(pipeline_name)}is using {self.path}; this one "
+            "was skipped: wait for it to finish."
         )
-        with file_lock(self.lock_path, busy):
+        with file_lock(self.run_lock_path(pipeline_name), busy):
+            yield
+
+    @contextmanager
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """The file's write lock (DuckDB has one writer at a time), waiting at most `wait`
+        seconds for another property's load, then a check that the file can be written."""
+        self.check()
+        # `query` and `status` read the analysts' copy; only while there is none yet do they
+        # read this file, under the same lock, shared.
+        busy = (
+            f"Another mews-sync run kept {self.path} busy for over {wait:.0f} s (or, until a "
+            "run has published the analysts' copy, a `mews-sync query` or `status` reading "
+            "it); wait for it to finish (MEWS_SYNC__LOAD_WAIT_SECONDS sets how long a run "
+            "waits)."
+            if wait
+            else f"Another mews-sync run is loading into {self.path}; wait for it to finish."
+        )
+        with file_lock(self.lock_path, busy, wait=wait):
             check_duckdb_file(self.path)
             yield
 
@@ -162,8 +182,8 @@ def check_duckdb_file(path: Path) -> None:
         text = str(exc)
         if "Could not set lock" in text or "Conflicting lock" in text:
             raise SyncBusyError(
-                f"Another process has {path} open (a BI tool, `duckdb -readonly`, a "
-                "notebook?): close it and try again; analysts should read the analytics copy "
+                f"Another process has {path} open (a BI tool, a notebook, `duckdb "
+                "-readonly`?): close it and try again; analysts should read the analytics copy "
                 "instead."
             ) from None
         raise damaged(path, text.strip().splitlines()[0]) from None
@@ -256,8 +276,34 @@ class PostgresStorage:
         return dlt.destinations.postgres(credentials=postgres_credentials())
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """PostgreSQL's advisory lock on a connection of its own, held for the run."""
+    def run_lock(self, pipeline_name: str) -> Iterator[None]:
+        """One run of a property at a time: a second one finds this taken and is skipped."""
+        busy = (
+            f"Another mews-sync run {of_property(pipeline_name)}is loading into {self.where} "
+            f"(dataset {DATASET_NAME}); this one was skipped."
+        )
+        name = f"mews_sync:{self.where}/{DATASET_NAME}/{pipeline_name}"
+        with self.connection() as connection, advisory_lock(connection, name, busy):
+            yield
+
+    @contextmanager
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """The dataset's write lock, held while one run loads and cleans up, waiting at most
+        `wait` seconds for another property's load: dlt's merge staging tables and the
+        clean-up are the dataset's, not a property's. (The whole-run lock of releases before
+        properties, so a run of one of those is waited for too.)"""
+        busy = (
+            f"Another mews-sync run kept {self.where} (dataset {DATASET_NAME}) busy for over "
+            f"{wait:.0f} s; this one stopped: try again later (MEWS_SYNC__LOAD_WAIT_SECONDS "
+            "sets how long a run waits)."
+        )
+        name = f"mews_sync:{self.where}/{DATASET_NAME}"
+        with self.connection() as connection, advisory_lock(connection, name, busy, wait):
+            yield
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A connection of its own (autocommit) for advisory locks, closed at the end."""
         import psycopg2
 
         try:
@@ -270,16 +316,21 @@ class PostgresStorage:
             ) from None
         connection.autocommit = True
         self.working_dir().mkdir(parents=True, exist_ok=True)
-        busy = f"Another mews-sync run is loading into {self.where} (dataset {DATASET_NAME})."
         try:
-            with advisory_lock(connection, f"mews_sync:{self.where}/{DATASET_NAME}", busy):
-                yield
+            yield connection
         finally:
             connection.close()
 
     def publish(self) -> None:
         """Analysts read the database itself: PostgreSQL lets them read while a run writes."""
         return None
+
+
+def of_property(pipeline_name: str) -> str:
+    """'of property NAME ' for a run of a property, '' for the single default pipeline."""
+    from pipelines.properties import DEFAULT_PIPELINE
+
+    return "" if pipeline_name == DEFAULT_PIPELINE else f"of property {pipeline_name} "
 
 
 def postgres_credentials() -> Any:

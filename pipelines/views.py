@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 log = logging.getLogger("mews_sync")
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 TABLES = ("product_service_orders", "service_order_notes", "services", "enterprises")
 
 
@@ -17,8 +17,15 @@ def apply_views(sql_client: Any) -> None:
     """(Re)create the views in sql/. Their names are unqualified: the SQL client's search path
     is the dataset, so they land in it, and the analysts' copy of a DuckDB file (another
     catalog) still resolves them."""
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        sql_client.execute_sql(path.read_text())
+    for view in view_files():
+        sql_client.execute_sql(view.read_text(encoding="utf-8"))
+
+
+def view_files() -> list[Traversable]:
+    """The views' SQL files, by name: sql/ of the repository, installed as the package
+    `pipelines.sql` (pyproject.toml), so that a `pip install .` without -e has them too."""
+    found = [f for f in files("pipelines.sql").iterdir() if f.name.endswith(".sql")]
+    return sorted(found, key=lambda f: f.name)
 
 
 def count_rows(sql_client: Any) -> dict[str, int]:

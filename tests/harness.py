@@ -18,11 +18,11 @@ START_DATE = "2015-01-01"
 
 
 def lagging_sandbox(orders: int, seed: int) -> Sandbox:
-    """A generated sandbox whose changes are stamped 30 s in the past, as a commit that lands
-    late would be; this also keeps a change from sharing its second with the end of the run
+    """A generated sandbox whose changes are stamped 30 s before its clock, as a commit that
+    lands late would be; this also keeps a change from sharing its second with the end of the run
     before it."""
     sandbox = Sandbox.generate(orders=orders, seed=seed)
-    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
+    sandbox.commit_delay = timedelta(seconds=30)  # its clock, and so its Date headers, are right
     return sandbox
 
 

@@ -35,7 +35,7 @@ from pipelines.progress import Progress
 from pipelines.runs import RunReport, read_runs
 from pipelines.status import month_start
 from pipelines.storage import DuckDbStorage
-from pipelines.views import SQL_DIR
+from pipelines.views import view_files
 from sources.errors import MewsError
 from sources.mews import SourceStats
 from sources.mews.client import ClientStats, format_utc
@@ -76,8 +76,10 @@ def api_orders(sandbox: Sandbox) -> list[dict[str, Any]]:
 
 
 def test_every_model_says_which_question_it_answers():
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        first = path.read_text().splitlines()[0]
+    views = view_files()
+    assert len(views) >= 4  # orders_current, notes_with_orders, the two daily activities
+    for path in views:
+        first = path.read_text(encoding="utf-8").splitlines()[0]
         assert first.startswith("-- ") and first.endswith("?"), path.name
 
 

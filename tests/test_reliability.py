@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -266,10 +267,89 @@ def test_bad_input_gets_one_sentence_exit_2_and_changes_nothing(
 
 def test_a_second_run_on_the_same_file_stops_with_a_clear_message(served, tmp_path):
     env = cli_env(tmp_path, served)
-    with DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).lock():
+    with DuckDbStorage.at(str(tmp_path / "mews_sync.duckdb")).run_lock("mews_sync"):
         result = cli(env, "run", cwd=tmp_path)
     assert result.returncode == EXIT_BUSY
     assert "Another mews-sync run is using" in one_sentence(result.stderr)
+
+
+def pause_at(sandbox: Sandbox, operation: str) -> tuple[threading.Event, threading.Event]:
+    """Hold the sandbox's first answer to `operation` until `resume` is set; `reached` is set
+    when that request arrives."""
+    reached, resume = threading.Event(), threading.Event()
+    handle = sandbox.handle
+
+    def paused(method: str, path: str, body: bytes):
+        if path.endswith(operation) and not reached.is_set():
+            reached.set()
+            resume.wait(60)
+        return handle(method, path, body)
+
+    sandbox.handle = paused
+    return reached, resume
+
+
+def open_read_only(database: Path) -> subprocess.Popen[str]:
+    """Another process (a notebook) holding `database` open read-only; it says "open"."""
+    code = (
+        "import duckdb, sys, time\n"
+        f"con = duckdb.connect({str(database)!r}, read_only=True)\n"
+        "print('open', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    return reader
+
+
+def test_a_reader_opening_the_file_mid_run_is_busy_and_the_next_run_loads_what_it_read(
+    sandbox, served, tmp_path, monkeypatch
+):
+    env = cli_env(tmp_path, served)
+    monkeypatch.setenv("DLT_DATA_DIR", env["DLT_DATA_DIR"])  # to find the CLI's dlt folder
+    database = tmp_path / "mews_sync.duckdb"
+    assert cli(env, "run", cwd=tmp_path).returncode == 0
+    mutate(sandbox, random.Random(3))
+    # Paused in its extract: past its own check of the file, before dlt's load connects.
+    reached, resume = pause_at(sandbox, "serviceOrderNotes/getAll")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert reached.wait(60), "the run never read notes"
+    reader = open_read_only(database)
+    try:
+        resume.set()
+        stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == EXIT_BUSY, stderr
+        assert one_sentence(stderr) == (
+            f"mews-sync: Another process opened {database} during the run (a BI tool, a "
+            "notebook, `duckdb -readonly`?): close it and run again, which loads what this "
+            "run read; analysts should read the analytics copy instead."
+        )
+        pending = pending_load_ids(database)
+        assert pending, "the run left nothing pending to load"
+    finally:
+        reader.kill()
+        reader.wait()
+    result = cli(env, "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_equals_truth(target_for(sandbox, tmp_path))
+    loads = target_for(sandbox, tmp_path).rows("select load_id from mews._dlt_loads")
+    assert set(pending) <= {load_id for (load_id,) in loads}  # loaded, not dropped
+    assert pending_load_ids(database) == []
+
+
+def pending_load_ids(database: Path) -> list[str]:
+    """The load packages a run extracted and did not load, in its dlt working folder."""
+    import dlt
+
+    folder = DuckDbStorage.at(database).working_dir()
+    return list(dlt.attach("mews_sync", pipelines_dir=str(folder)).list_normalized_load_packages())
 
 
 def kill_after(env: dict[str, str], seconds: float, cwd: Path) -> bool:

@@ -43,6 +43,10 @@ def service(
     )
 
 
+def enterprise_of(sb: Sandbox, target_service: dict[str, Any]) -> dict[str, Any]:
+    return next(e for e in sb.enterprises() if e["Id"] == target_service["EnterpriseId"])
+
+
 def get_order(call: Any, sb: Sandbox, order_id: str, at: datetime) -> dict[str, Any]:
     body = call(
         sb,
@@ -87,6 +91,10 @@ def test_orders_add_creates_a_confirmed_connector_order_and_its_note(
     sb: Sandbox, mews_call: Any
 ) -> None:
     target = service(sb)
+    product = next(p for p in sb.products() if p["ServiceId"] == target["Id"])
+    price = product["Price"]  # the enterprise's currency and one of its tax codes
+    value = "GrossValue" if enterprise_of(sb, target)["Pricing"] == "Gross" else "NetValue"
+    unit = {"Currency": price["Currency"], value: 7, "TaxCodes": [price["TaxValues"][0]["Code"]]}
     response = mews_call(
         sb,
         "orders/add",
@@ -94,14 +102,8 @@ def test_orders_add_creates_a_confirmed_connector_order_and_its_note(
         ServiceId=target["Id"],
         AccountId="407a26f8-dcfc-4e29-b978-ab440117a153",
         ConsumptionUtc="2026-01-20T00:00:00Z",
-        ProductOrders=[{"ProductId": "2eb7ad8b-8dfb-4381-aba5-ab58009f2993", "Count": 2}],
-        Items=[
-            {
-                "Name": "Beer",
-                "UnitCount": 3,
-                "UnitAmount": {"Currency": "USD", "NetValue": 7, "TaxCodes": ["US-DC-G"]},
-            }
-        ],
+        ProductOrders=[{"ProductId": product["Id"], "Count": 2}],
+        Items=[{"Name": "Beer", "UnitCount": 3, "UnitAmount": unit}],
         Notes="Leave it at the reception.",
         BusinessSegmentId="seg-1",
         LinkedReservationId="9e6d4492-315b-4089-b9d6-5b1bd2eddc1b",

@@ -357,7 +357,7 @@ def test_the_default_sandbox_has_the_current_shapes_and_they_load(tmp_path):
 )
 def test_the_older_shapes_behind_switches_still_sync_equal_to_the_truth(tmp_path, config):
     sandbox = Sandbox.generate(orders=500, seed=30, config=config)
-    sandbox.clock = lambda: datetime.now(UTC) - timedelta(seconds=30)
+    sandbox.commit_delay = timedelta(seconds=30)
     target = Target(sandbox, tmp_path)
 
     target.sync()

@@ -38,6 +38,7 @@ from .settings import (
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
+    MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_RETRY_AFTER_SECONDS,
     MAX_WINDOW_MONTHS,
@@ -94,6 +95,7 @@ class SourceStats(Counters):
     refresh_days: float = 0.0  # the refresh period (0: off)
     orders: int = 0
     notes: int = 0
+    end: datetime | None = None  # where the windows end: `end_date`, or Mews' clock
 
 
 @dlt.source(name="mews", max_table_nesting=0)
@@ -110,7 +112,7 @@ def mews_source(
     rate_limit_requests: int = RATE_LIMIT_REQUESTS,
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
-    max_orders_per_load: int | None = None,
+    max_orders_per_load: int | None = MAX_ORDERS_PER_LOAD,
     notes_refresh_days: float = DEFAULT_NOTES_REFRESH_DAYS,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
@@ -135,15 +137,15 @@ def mews_source(
 
     With `max_orders_per_load`, a run stops after the window in which it read that many
     orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
-    on from there. `end_date` (default: now) ends the sync; `transport` lets tests mount the
-    sandbox in-process; `stats` and `source_stats` collect what the API client and the source
-    did.
+    on from there. `end_date` (default: Mews' clock when it listed the services, kept in
+    `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox in-process;
+    `stats` and `source_stats` collect what the API client and the source did.
 
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
     """
     now = datetime.now(UTC).replace(microsecond=0)
-    end = parse_utc(end_date, "end_date") if end_date else now
+    given_end = parse_utc(end_date, "end_date") if end_date else None
     start = parse_utc(start_date, "SOURCES__MEWS__START_DATE")
     if start >= now:
         raise MewsConfigError(
@@ -382,6 +384,12 @@ def mews_source(
     # The services are read when the source is made: a wrong address, refused tokens or a
     # configured service Mews does not list stop a run before anything is locked or written.
     sync_services()
+    # The windows end at Mews' clock, not this machine's: ending after Mews' now would hide
+    # the orders Mews then stamps before that end from this run and, past the overlap, from
+    # the next. Rounding down (the Date header's whole seconds, then the end's) only ends
+    # earlier: what lies past the end is read by the next run, which starts at it or before.
+    end = given_end or api.mews_now().replace(microsecond=0)
+    counts.end = end
     return services, enterprises, product_service_orders, service_order_notes
 
 

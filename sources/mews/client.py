@@ -53,8 +53,10 @@ from .settings import (
     MIN_PAGE_SIZE,
     MIN_WINDOW,
     NOTES_OPERATION,
+    ORDER_ITEMS_OPERATION,
     ORDERS_OPERATION,
     PAGE_SIZE,
+    PRODUCTS_OPERATION,
     RATE_DECREASE_FACTOR,
     RATE_LIMIT_REQUESTS,
     RATE_LIMIT_SECONDS,
@@ -115,6 +117,9 @@ class ClientStats(Counters):
     # The API answered at least once in this run (the stats are the run's, across its steps):
     # until then, a failure to reach it is most likely a wrong address, said at once.
     reached: bool = False
+    # Seconds Mews' clock is ahead of this machine's (negative: behind), from the Date header
+    # of the latest answer that had a valid one; None until then.
+    mews_clock_offset: float | None = None
 
 
 class SlidingWindowLimiter:
@@ -226,10 +231,20 @@ def retry_after_seconds(value: str | None, now: Callable[[], datetime]) -> float
         return max(0.0, float(value))
     except ValueError:
         pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - now()).total_seconds())
-    except (TypeError, ValueError):
+    moment = http_date(value)
+    return None if moment is None else max(0.0, (moment - now()).total_seconds())
+
+
+def http_date(value: str | None) -> datetime | None:
+    """The moment in an HTTP-date header (whole seconds, UTC), or None if it is missing or not
+    a date."""
+    if not value:
         return None
+    try:
+        moment = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -460,6 +475,7 @@ class MewsClient:
                     pause = min(1.0, self.backoff_base) * (attempt + 1)
             else:
                 first, self.stats.reached = not self.stats.reached, True
+                self._note_mews_clock(response)
                 if error := not_the_api(response, operation, self._where(), first):
                     raise error
                 status = response.status_code
@@ -482,9 +498,8 @@ class MewsClient:
                         return data
                 elif status == 429:
                     failure = "rate limited (429)"
-                    pause = retry_after_seconds(
-                        response.headers.get("Retry-After"), lambda: datetime.now(UTC)
-                    )
+                    # An HTTP-date counts from Mews' clock, not this machine's.
+                    pause = retry_after_seconds(response.headers.get("Retry-After"), self.mews_now)
                     self._count(throttled=1)
                     if pause is not None and pause > self.max_retry_after_seconds:
                         # Holding the run that long would hold its lock and its timer too;
@@ -527,6 +542,19 @@ class MewsClient:
         finally:
             if self._limiter:
                 self._limiter.release()  # the answer is in: the window counts from now
+
+    def _note_mews_clock(self, response: httpx.Response) -> None:
+        """Keep how far Mews' clock is from this machine's, from the answer's Date header."""
+        if (sent := http_date(response.headers.get("Date"))) is not None:
+            # The header truncates to the second and the answer took a while to come: the
+            # offset is never later than Mews' clock, by up to a second and the answer's trip.
+            self.stats.mews_clock_offset = (sent - datetime.now(UTC)).total_seconds()
+
+    def mews_now(self) -> datetime:
+        """Mews' clock now, as its latest Date header told (at most a second and an answer's
+        trip behind it, never ahead); this machine's clock until an answer had one."""
+        offset = self.stats.mews_clock_offset
+        return datetime.now(UTC) + timedelta(seconds=offset or 0.0)
 
     def _where(self) -> str:
         """host:port of the API, for people."""
@@ -624,10 +652,59 @@ class MewsClient:
     ) -> Iterator[Page]:
         """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to).
 
-        Any number of service ids and any interval: it is sent in windows of at most
-        `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages are too heavy, a
-        window is halved (down to MIN_WINDOW). Pages already yielded may come again: keep one
-        row per order id. `item_schema`: see `iter_pages`. An empty list of ids asks for
+        See `_updated_by_service` for the windows; pages already yielded may come again: keep
+        one row per order id. `item_schema`: see `iter_pages`.
+        """
+        return self._updated_by_service(
+            ORDERS_OPERATION, service_ids, updated_from, updated_to, enterprise_ids, item_schema
+        )
+
+    def order_items(
+        self,
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+        enterprise_ids: list[str] | None = None,
+        item_schema: pa.Schema | None = None,
+    ) -> Iterator[Page]:
+        """Pages of the order items of these services whose own UpdatedUtc is in
+        [updated_from, updated_to), walked as `product_service_orders` walks orders.
+
+        Pages already yielded may come again: keep one row per item id. No `Currency` is
+        sent: the amounts come in the enterprise's own currency, as booked.
+        """
+        return self._updated_by_service(
+            ORDER_ITEMS_OPERATION, service_ids, updated_from, updated_to, enterprise_ids,
+            item_schema,
+        )
+
+    def products(
+        self, service_ids: list[str], enterprise_ids: list[str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the products of these services, default products included (items may
+        be of one; products/getAll leaves them out unless asked). An empty list of ids asks
+        for nothing (no request)."""
+        if asks_for_nothing(service_ids, enterprise_ids):
+            return
+        for services in chunked(service_ids):
+            filters: dict[str, Any] = {"ServiceIds": services, "IncludeDefault": True}
+            if enterprise_ids:
+                filters["EnterpriseIds"] = enterprise_ids
+            yield from self.iter_pages(PRODUCTS_OPERATION, filters)
+
+    def _updated_by_service(
+        self,
+        operation: str,
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+        enterprise_ids: list[str] | None,
+        item_schema: pa.Schema | None,
+    ) -> Iterator[Page]:
+        """Pages of `operation` for these services whose UpdatedUtc is in [updated_from,
+        updated_to): any number of service ids (batches of 1000) and any interval, sent in
+        windows of at most `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages
+        are too heavy, a window is halved (down to MIN_WINDOW). An empty list of ids asks for
         nothing (no request); `enterprise_ids=None` is every enterprise of the token.
         """
         if asks_for_nothing(service_ids, enterprise_ids):
@@ -636,7 +713,7 @@ class MewsClient:
             filters: dict[str, Any] = {"ServiceIds": services}
             if enterprise_ids:
                 filters["EnterpriseIds"] = enterprise_ids
-            walk = partial(self._orders_in, filters, item_schema)
+            walk = partial(self._updated_in, operation, filters, item_schema)
             start = updated_from
             while start < updated_to:
                 window = (start, min(self.window_end(start), updated_to))
@@ -660,13 +737,17 @@ class MewsClient:
             return add_months(start, MAX_WINDOW_MONTHS)
         return start + timedelta(days=self.max_window_days)
 
-    def _orders_in(
-        self, filters: dict[str, Any], item_schema: pa.Schema | None, window: Interval
+    def _updated_in(
+        self,
+        operation: str,
+        filters: dict[str, Any],
+        item_schema: pa.Schema | None,
+        window: Interval,
     ) -> Iterator[Page]:
         interval = {"StartUtc": format_utc(window[0]), "EndUtc": format_utc(window[1])}
         filters = {**filters, "UpdatedUtc": interval}
         try:
-            yield from self.iter_pages(ORDERS_OPERATION, filters, item_schema)
+            yield from self.iter_pages(operation, filters, item_schema)
         except MewsApiError as error:
             # A 400 on an interval within every reading of "3 months" is not about its length.
             too_long = window[1] - window[0] > timedelta(days=MAX_WINDOW_DAYS_STRICTEST)

@@ -10,6 +10,8 @@ ORDERS_OPERATION = "productServiceOrders/getAll"
 NOTES_OPERATION = "serviceOrderNotes/getAll"
 SERVICES_OPERATION = "services/getAll"
 ENTERPRISES_OPERATION = "enterprises/getAll"
+ORDER_ITEMS_OPERATION = "orderItems/getAll"
+PRODUCTS_OPERATION = "products/getAll"
 
 # Response keys holding the items of each paginated operation.
 ITEMS_KEY = {
@@ -17,6 +19,10 @@ ITEMS_KEY = {
     NOTES_OPERATION: "ServiceOrderNotes",
     SERVICES_OPERATION: "Services",
     ENTERPRISES_OPERATION: "Enterprises",
+    ORDER_ITEMS_OPERATION: "OrderItems",
+    # products/getAll also answers "CustomerProducts" ("products offered specifically to
+    # customers"; the documentation's sample repeats a product of Products there): not read.
+    PRODUCTS_OPERATION: "Products",
 }
 
 PAGE_SIZE = 1000  # Limitation.Count maximum
