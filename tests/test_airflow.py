@@ -8,6 +8,7 @@ environment must not get): MEWS_SYNC_TEST_AIRFLOW names its `airflow` command, b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ from harness import (
     lagging_sandbox,
     one_sentence,
 )
+from test_properties import PROPERTIES, group, token_of
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
 
@@ -183,13 +185,16 @@ def toml_value(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def operator_setup(project: Path, sandbox: Sandbox, url: str, postgres_url: str) -> None:
-    """`.dlt/` as an operator writes it for the workers: what every property shares in
-    config.toml, the secrets (ClientToken, PostgreSQL) in secrets.toml."""
+def operator_setup(
+    project: Path, sandbox: Sandbox, url: str, postgres_url: str, properties: list[str]
+) -> None:
+    """`.dlt/` as an operator writes it for the workers: the properties and what they share
+    in config.toml; the ClientToken, each property's AccessToken and PostgreSQL's password in
+    secrets.toml."""
     write_settings(
         project,
         {
-            "mews_sync": {"destination": "postgres"},
+            "mews_sync": {"destination": "postgres", "properties": properties},
             "sources.mews": {
                 "platform_url": url,
                 "start_date": START_DATE,
@@ -198,13 +203,12 @@ def operator_setup(project: Path, sandbox: Sandbox, url: str, postgres_url: str)
         },
         "config.toml",
     )
+    tokens = {f"{name}.sources.mews": {"access_token": token_of(name)} for name in properties}
     write_settings(
         project,
         {
-            "sources.mews": {
-                "client_token": sandbox.client_token,
-                "access_token": DEMO_PORTFOLIO_ACCESS_TOKEN,
-            },
+            "sources.mews": {"client_token": sandbox.client_token},
+            **tokens,
             "destination.postgres": {"credentials": postgres_url},
         },
         "secrets.toml",
@@ -221,16 +225,23 @@ def task_logs(env: dict[str, str]) -> dict[str, str]:
     return {str(log.relative_to(root)): log.read_text() for log in sorted(root.rglob("*.log"))}
 
 
+def time_span(log: str) -> tuple[str, str]:
+    """When a task's log (JSON lines) starts and ends."""
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    return lines[0]["timestamp"], lines[-1]["timestamp"]
+
+
 def what_happened(run: subprocess.CompletedProcess[str], env: dict[str, str]) -> str:
     """For a failed assertion: the end of the command's output and of each task's log."""
     logs = "".join(f"\n{name}:\n{text[-2000:]}" for name, text in task_logs(env).items())
     return run.stdout[-2000:] + run.stderr[-2000:] + logs
 
 
-def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_mews(
+def test_airflow_3_loads_each_property_in_a_task_of_its_own_into_one_postgres_database(
     airflow_with_executor, tmp_path, postgres_credentials
 ):
     sandbox = lagging_sandbox(orders=600, seed=47)
+    group(sandbox)  # a token per property, each covering one enterprise
     project = tmp_path / "project"
     env = {
         **airflow_with_executor,
@@ -240,17 +251,35 @@ def test_airflow_3_runs_the_recipe_into_postgres_and_keeps_the_tables_equal_to_m
         # Mews does not have, a configuration error that would fail every task.
         "AIRFLOW_VAR_DLT_SECRETS_TOML": f'[sources.mews]\nservice_ids = ["{uuid.uuid4()}"]\n',
     }
+    target = Target(sandbox, tmp_path, postgres_credentials)
     with serve(sandbox) as url:
-        operator_setup(project, sandbox, url, postgres_credentials)
+        operator_setup(project, sandbox, url, postgres_credentials, list(PROPERTIES))
         first = dags_test(env)
         assert first.returncode == 0, what_happened(first, env)
-        change_orders_and_notes(sandbox)
-        second = dags_test(env)
-        assert second.returncode == 0, what_happened(second, env)
+        assert_equals_truth(target)
+        spans = [
+            time_span(text) for name, text in task_logs(env).items() if "task_id=sync/" in name
+        ]
+        assert len(spans) == 3
+        assert max(start for start, _ in spans) < min(end for _, end in spans)  # side by side
 
-    target = Target(sandbox, tmp_path, postgres_credentials)
-    assert_equals_truth(target)
+        change_orders_and_notes(sandbox)
+        # A fourth property, listed from this run on, whose token Mews refuses (exit 3).
+        operator_setup(project, sandbox, url, postgres_credentials, [*PROPERTIES, "closed"])
+        second = dags_test(env)
+
+    assert second.returncode == 1 and "DagRun failed" in second.stderr
+    assert_equals_truth(target)  # the three others loaded
     assert target.rows("select count(*) from mews.orders_current") == [(601,)]
+    logs = task_logs(env)
+    (closed,) = [name for name in logs if "task_id=sync/map_index=3/" in name]
+    assert closed.endswith("attempt=1.log")  # failed at once: no retry
+    assert "AirflowFailException" in logs[closed] and "answered 401" in logs[closed]
+    everything = (
+        first.stdout + first.stderr + second.stdout + second.stderr + "".join(logs.values())
+    )
+    for secret in [sandbox.client_token, *map(token_of, [*PROPERTIES, "closed"])]:
+        assert secret not in everything
 
 
 def test_the_cli_reads_airflow_variables_only_when_asked_to(airflow_env, tmp_path):

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 log = logging.getLogger("mews_sync")
@@ -62,11 +64,25 @@ def use_task_defaults() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def configured_properties() -> list[str | None]:
-    """The properties to load, as the settings name them at run time; [None] when none are
-    configured: the one default pipeline."""
+def property_names() -> list[str | None]:
+    """The properties to load, as the settings name them now; [None] when none are listed:
+    the single default pipeline (or the one of MEWS_SYNC__PROPERTY)."""
     use_task_defaults()
-    return [None]
+    from pipelines.properties import configured_properties
+
+    return configured_properties()
+
+
+def sync_mews(property: str | None = None) -> dict[str, int]:
+    """The task: an incremental run of `property` (None: the default pipeline) up to now,
+    from its stored state. Returns the rows per table (the task's XCom); raises on failure,
+    with the one-sentence reason in the log and the property's run record."""
+    use_task_defaults()
+    from pipelines.mews_pipeline import sync
+
+    report = sync("run", property=property)
+    log.info("%s", report.summary())
+    return report.table_rows
 
 
 def retry_can_help(exc: BaseException) -> bool:
@@ -74,18 +90,6 @@ def retry_can_help(exc: BaseException) -> bool:
     from pipelines.failures import EXIT_BUSY, EXIT_UNAVAILABLE, explain
 
     return explain(exc)[0] in (EXIT_UNAVAILABLE, EXIT_BUSY)
-
-
-def sync_mews(property: str | None = None) -> dict[str, int]:
-    """The task: an incremental run of `property` (None: the default pipeline) up to now,
-    from its stored state. Returns the rows per table (the task's XCom); raises on failure,
-    with the one-sentence reason in the log and the run record."""
-    use_task_defaults()
-    from pipelines.mews_pipeline import sync
-
-    report = sync("run")
-    log.info("%s", report.summary())
-    return report.table_rows
 
 
 try:
@@ -96,17 +100,33 @@ except ImportError:  # imported without Airflow (the tests): only the functions 
 
 if dag is not None:
 
+    @contextmanager
+    def retried_only_if_it_can_help() -> Iterator[None]:
+        """Let Airflow retry a failure a later try may fix; fail any other at once, with
+        its one sentence (a retry would only fail again)."""
+        try:
+            yield
+        except Exception as exc:
+            if retry_can_help(exc):
+                raise
+            from pipelines.failures import EXIT_BUG, run_error
+
+            code, sentence = run_error(exc)
+            cause = exc if code == EXIT_BUG else None  # a bug's traceback: for its report
+            raise AirflowFailException(sentence) from cause
+
     @dag(
         schedule="17 * * * *",
         start_date=datetime(2025, 1, 1, tzinfo=UTC),
-        catchup=False,  # each run reads from its watermark up to now: nothing to replay
+        catchup=False,  # each run reads from its watermarks up to now: nothing to replay
         max_active_runs=1,
         tags=["mews"],
     )
     def mews_sync() -> None:
         @task
         def properties() -> list[str | None]:
-            return configured_properties()
+            with retried_only_if_it_can_help():
+                return property_names()
 
         @task(
             retries=3,
@@ -115,17 +135,8 @@ if dag is not None:
             map_index_template="{{ task.op_kwargs['property'] or 'default' }}",
         )
         def sync(property: str | None) -> dict[str, int]:
-            try:
+            with retried_only_if_it_can_help():
                 return sync_mews(property)
-            except Exception as exc:
-                if retry_can_help(exc):
-                    raise
-                # The run record and the log have the sentence; a retry would only fail again.
-                from pipelines.failures import EXIT_BUG, run_error
-
-                code, sentence = run_error(exc)
-                cause = exc if code == EXIT_BUG else None  # a bug's traceback: for its report
-                raise AirflowFailException(sentence) from cause
 
         sync.expand(property=properties())
 
