@@ -1,42 +1,52 @@
-"""mews-sync under Airflow 3: one DAG, one mapped task per property, each calling the same
-`sync()` as `mews-sync run`.
+"""mews-sync under Airflow 3: one DAG, `mews_sync`, with one mapped task per property, each
+calling the same `sync()` as `mews-sync run --property NAME` (same tables, locks, run records,
+summary in the task's log).
 
 Where it goes: copy this file into the dags folder of an Airflow 3 whose workers have this
-project installed (`pip install /opt/mews-sync`, into Airflow's own environment). The DAG
-file imports only `airflow.sdk`: parsing it reads no setting, reaches no network and imports
-neither dlt nor mews-sync, so the scheduler's parsing stays fast and works with Mews down.
+project installed in Airflow's own environment (`pip install /opt/mews-sync`). The file
+imports only `airflow.sdk`: parsing it reads no setting, reaches no network and imports
+neither dlt nor mews-sync, so the scheduler parses it fast, with Mews down or not.
 
 What each worker needs:
-- the settings, as for cron: environment variables (the same as /etc/mews-sync/env), or a
-  `.dlt/` folder whose parent is named by DLT_PROJECT_DIR in the worker's environment (a
-  task's working directory is Airflow's, not yours, so `.dlt/` is never found by itself);
-- per property, its own AccessToken: `HOTEL_A__SOURCES__MEWS__ACCESS_TOKEN`, or
-  `[hotel_a.sources.mews]` in `.dlt/secrets.toml`; what they share (CLIENT_TOKEN,
-  PLATFORM_URL, DESTINATION__POSTGRES__CREDENTIALS) as plain `SOURCES__MEWS__*` and
-  `[sources.mews]`; the properties' names in MEWS_SYNC__PROPERTIES='["hotel_a", "hotel_b"]'
-  or `properties = [...]` under `[mews_sync]` in `.dlt/config.toml` (none: one default
-  pipeline, as `mews-sync run`);
+- the project installed, in the Python environment that runs Airflow's tasks;
+- the settings, as for cron: environment variables (those of /etc/mews-sync/env), or a
+  `.dlt/` folder in the folder DLT_PROJECT_DIR names in the worker's environment (a task's
+  working directory is Airflow's, so `.dlt/` is never found by itself). Per property its own
+  AccessToken, `HOTEL_A__SOURCES__MEWS__ACCESS_TOKEN` or `[hotel_a.sources.mews]` in
+  `.dlt/secrets.toml`; what the properties share (CLIENT_TOKEN, PLATFORM_URL,
+  DESTINATION__POSTGRES__CREDENTIALS) as plain `SOURCES__MEWS__*` or `[sources.mews]`; the
+  properties' names in MEWS_SYNC__PROPERTIES='["hotel_a", "hotel_b"]' or `properties = [...]`
+  under `[mews_sync]` in `.dlt/config.toml` (none listed: the single default pipeline);
 - network access to the Mews API and to the destination.
 
-Each run asks which properties are configured (in a task, at run time: a property added to
-the settings is loaded from the next run on, with no change here), then loads each in a task
-of its own, all at once within Airflow's limits (`parallelism`, pools). Properties load into
-one PostgreSQL database side by side: each has its own dlt pipeline (state, working folder,
-run records) and only the short load step is taken one at a time.
+Each run asks the settings which properties there are (in a task, at run time: a property
+added to the list loads from the next run on, with no change here), then loads each in a task
+of its own, side by side within Airflow's limits (`parallelism`, pools). Properties share one
+PostgreSQL database: each has its own dlt pipeline (state, working folder, run records), and
+only their short load steps take turns.
 
-With DuckDB (MEWS_SYNC__DESTINATION unset), the file lives on one worker's disk and takes
-one writer at a time: run the tasks on the one worker that holds it (LocalExecutor, or a
-queue one worker serves) and in a pool of one slot, or a second property finds it busy and
-waits for its retry.
+Celery or Kubernetes executor: the same file, unchanged. Each Celery worker, or the image of
+the Kubernetes pods, has the project installed and the settings: the shared ones as
+environment variables, the tokens from a secrets store (Kubernetes Secrets as environment
+variables, or a `.dlt/secrets.toml` mounted from one, with DLT_PROJECT_DIR pointing at its
+parent). The destination must be PostgreSQL (MEWS_SYNC__DESTINATION=postgres), reachable
+from every worker: a task may run on any machine or pod, and a DuckDB file is on one disk and
+takes one writer at a time. A working folder is local to a worker (a pod's is gone when the
+pod ends): dlt takes the state from the database when it finds none, and `mews-sync status`
+shows the run records of the machine it runs on, so read the task logs for the others.
 
-Failures: Mews unavailable (the CLI's exit 4) or a destination another run holds (exit 5)
+With DuckDB (MEWS_SYNC__DESTINATION unset), run the tasks on the one worker that holds the
+file (LocalExecutor, or a queue one worker serves), in a pool of one slot, or a second
+property may wait for the first's load and, after MEWS_SYNC__LOAD_WAIT_SECONDS, be retried.
+
+Failures: Mews unavailable (the CLI's exit 4) or a destination held by another run (exit 5)
 raise, and Airflow retries the task later. A configuration error or a refusal by Mews (exits
-2 and 3: a person must act) and a bug fail the task at once, with no retry: a retry would
-only fail again. The one-sentence reason is in the task's log and in the property's run
-record (`mews-sync status`).
+2 and 3: a person must act) and a bug fail the task at once (AirflowFailException), without
+the retries that would only fail again. The one-sentence reason is in the task's log and in
+the property's run record.
 
 dlt's Airflow secrets provider (Airflow Variables as a settings source) is off unless
-PROVIDERS__ENABLE_AIRFLOW_SECRETS is set to true in the worker's environment: on, dlt looks
+PROVIDERS__ENABLE_AIRFLOW_SECRETS=true is set in the workers' environment: on, dlt looks
 every setting up in Airflow's Variables too, 765 lookups (8.2 s) for a run that finds no
 change, and mews-sync's settings are not kept there.
 
