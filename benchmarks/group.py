@@ -36,6 +36,7 @@ LATENCY = 0.05
 
 
 def group_env(url: str, folder: Path, phase: str, postgres: str | None) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
     env = isolated_env(REPO, folder, folder / "group.duckdb")
     env.update(
         SOURCES__MEWS__PLATFORM_URL=url,

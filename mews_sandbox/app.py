@@ -795,8 +795,8 @@ class Sandbox:
         client = payload.get("Client")
         if not isinstance(client, str) or not client:
             raise _bad("Client is required.")
-        if (payload.get("LanguageCode") is None) != (payload.get("CultureCode") is None):
-            raise _bad("LanguageCode and CultureCode go together, or not at all.")
+        # LanguageCode and CultureCode go together; one without the other is not refused:
+        # "otherwise, default values will be used" (requests.md). The sandbox has one language.
         self._take_slot(token)
         stall = 0.0
         if faulty:

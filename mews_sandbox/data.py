@@ -11,6 +11,7 @@ import gc
 import json
 import random
 import time
+import uuid
 from bisect import bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,12 @@ ITEM_STATES = {"Canceled": "Canceled", "Optional": "Inactive", "Inquired": "Inac
                "Enquired": "Inactive", "Requested": "Inactive"}
 ITEM_COUNT_WEIGHTS = (50, 35, 15)  # 1, 2 or 3 items per order: 1.65 on average
 CHAIN_NAME = "Sandbox Hotels"
+# Line1, City, PostalCode of an enterprise's Address, by its country.
+ADDRESSES = {
+    "CZ": ("I.P. Pavlova 5", "Prague", "120 00"),
+    "US": ("2005 Kalia Road", "Honolulu", "96815"),
+    "AT": ("Maria-Theresien-Straße 18", "Innsbruck", "6020"),
+}
 NOTE_TYPES = ("General", "ChannelManager", "SpecialRequest")
 NOTE_TYPE_WEIGHTS = (80, 15, 5)
 NOTE_TEXTS = {
@@ -340,7 +347,10 @@ def note_to_api(note: Note, shape: NoteShape) -> dict[str, Any]:
 
 
 def enterprise_to_api(e: Enterprise) -> dict[str, Any]:
-    """The fields of the current documentation that cost nothing (no address, no images)."""
+    """Every field the current documentation marks required (the deprecated
+    EditableHistoryInterval null, as in its sample), and some optional ones."""
+    line1, city, postal_code = ADDRESSES.get(e.Country, (None, None, None))
+    address_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mews-sandbox/address/{e.Id}"))
     return {
         "Id": e.Id, "ExternalIdentifier": None, "HoldingKey": None, "ChainId": e.ChainId,
         "ChainName": CHAIN_NAME, "CreatedUtc": fmt_ts(e.CreatedUtc),
@@ -349,6 +359,13 @@ def enterprise_to_api(e: Enterprise) -> dict[str, Any]:
         "AccommodationEnvironmentCode": e.Country, "AccountingEnvironmentCode": e.Country,
         "TaxEnvironmentCode": e.Country, "DefaultLanguageCode": e.DefaultLanguageCode,
         "Pricing": e.Pricing, "LinkedUtc": fmt_ts(e.LinkedUtc),
+        "EditableHistoryInterval": None, "AccountingEditableHistoryInterval": "P0M7DT0H0M0S",
+        "OperationalEditableHistoryInterval": "P0M5DT0H0M0S", "BusinessDayClosingOffset": None,
+        "TaxPrecision": None, "AddressId": address_id,
+        "Address": {"Id": address_id, "Line1": line1, "Line2": None, "City": city,
+                    "PostalCode": postal_code, "CountryCode": e.Country,
+                    "CountrySubdivisionCode": None, "Latitude": None, "Longitude": None},
+        "GroupNames": [CHAIN_NAME], "Subscription": {"TaxIdentifier": None},
     }
 
 
@@ -367,6 +384,8 @@ def service_to_api(service: Service, shape: ServiceShape) -> dict[str, Any]:
         return api
     api["Options"] = {"BillAsPackage": False}
     api["Ordering"] = service.seq
+    # Optional: some services have one, as in the documentation's sample.
+    api["ExternalIdentifier"] = f"SVCE-{service.seq}" if service.seq % 2 else None
     if service.bookable:
         api["Data"] = {"Discriminator": "Bookable", "Value": {
             "StartOffset": "P0M0DT14H0M0S", "EndOffset": "P0M0DT12H0M0S",

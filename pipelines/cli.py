@@ -43,7 +43,7 @@ from pipelines.failures import (
     explain,
     raised_by,
 )
-from sources.errors import MewsConfigError
+from sources.errors import MewsConfigError, counted
 
 if TYPE_CHECKING:
     from pipelines.runs import RunReport
@@ -278,7 +278,8 @@ def demo_command(args: argparse.Namespace) -> int:
             Path(f"{database}.wal").unlink(missing_ok=True)
             storage.runs_path.unlink(missing_ok=True)
             storage.analytics_path.unlink(missing_ok=True)
-    print(f"Generating a sandbox with {args.orders} orders and serving it on loopback...")
+    orders = counted(args.orders, "order")
+    print(f"Generating a sandbox with {orders} and serving it on loopback...")
     sandbox = Sandbox.generate(orders=args.orders, seed=1)
     with serve(sandbox) as url, tempfile.TemporaryDirectory() as workdir:
         report = recorded_sync(

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.views import existing_tables
+from sources.errors import counted
 from sources.mews import NOTE_MARKER_COLUMN
 
 log = logging.getLogger("mews_sync")
@@ -127,12 +128,12 @@ def compact(sql_client: Any, destination: str) -> Compacted:
             )
         sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
     if done.deleted_notes:
-        log.info("removed %d notes Mews no longer has", done.deleted_notes)
+        log.info("removed %s Mews no longer has", counted(done.deleted_notes, "note"))
     if done.superseded_orders or done.superseded_notes:
         log.info(
-            "removed the older copies of %d orders and %d notes read again",
-            done.superseded_orders,
-            done.superseded_notes,
+            "removed the older copies of %s and %s read again",
+            counted(done.superseded_orders, "order"),
+            counted(done.superseded_notes, "note"),
         )
     return done
 

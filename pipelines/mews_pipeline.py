@@ -29,7 +29,7 @@ from pipelines.properties import check_property, configured_property, pipeline_n
 from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
-from sources.errors import MewsConfigError
+from sources.errors import MewsConfigError, counted
 from sources.mews import mews_source, pending_work
 from sources.mews.client import format_utc
 
@@ -177,7 +177,7 @@ def load(
                     report.table_rows = count_rows(client)
                 report.published = storage.publish()
                 return
-        log.info("loaded %d orders so far; going on", report.read.orders)
+        log.info("loaded %s so far; going on", counted(report.read.orders, "order"))
         source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.failures import EXIT_BUSY
+from sources.errors import counted
 
 if TYPE_CHECKING:  # not imported for `status`, which reads run records only: no dlt
     from pipelines.compaction import Compacted
@@ -69,8 +70,8 @@ class RunReport:
             tables = tables or "not counted (the run did not finish)"
         lines = [
             head,
-            f"  read: {read.orders} orders in {read.order_pages} pages over {read.windows} "
-            f"windows, {read.notes} notes",
+            f"  read: {counted(read.orders, 'order')} in {counted(read.order_pages, 'page')} "
+            f"over {counted(read.windows, 'window')}, {counted(read.notes, 'note')}",
             f"  rows per table now: {tables or 'none'}",
             f"  requests: {requests} ({per_op or 'none'})",
             f"  retries: {self.stats.retries}, rate-limited (429): {self.stats.throttled}, "
@@ -78,13 +79,14 @@ class RunReport:
             f"  waited for the rate limit: {self.stats.limiter_wait_seconds:.1f} s, "
             f"after 429s: {self.stats.throttle_wait_seconds:.1f} s",
             # What Mews does not document, and what it cost this run (README).
-            f"  short pages: {self.stats.short_pages} (+{self.stats.end_probes} end probes), "
+            f"  short pages: {self.stats.short_pages} "
+            f"(+{counted(self.stats.end_probes, 'end probe')}), "
             f"timeouts: {self.stats.timeouts}, 3-month limit learned: "
             f"{'yes' if self.stats.too_long_windows else 'no'}",
             # Rows read again replace their older copies; a note that is gone from Mews goes.
-            f"  removed: older copies of {self.removed.superseded_orders} orders and "
-            f"{self.removed.superseded_notes} notes read again; "
-            f"{self.removed.deleted_notes} notes deleted in Mews",
+            f"  removed: older copies of {counted(self.removed.superseded_orders, 'order')} "
+            f"and {counted(self.removed.superseded_notes, 'note')} read again; "
+            f"{counted(self.removed.deleted_notes, 'note')} deleted in Mews",
         ]
         if (warning := clock_warning(self.stats.mews_clock_offset)) is not None:
             lines.append(f"  {warning}")
@@ -152,13 +154,14 @@ def refresh_line(read: SourceStats, stored_orders: int | None) -> str:
     """Where the notes refresh stands, and what it costs a day, in one line."""
     ranges = ", ".join(f"{a[:10]}..{b[:10]}" for a, b in read.refresh_ranges) or "none"
     line = (
-        f"notes refresh (every {read.refresh_days:g} days): re-read {read.refreshed_orders} "
-        f"orders updated {ranges}; {read.refresh_share:.0%} of the history swept this cycle"
+        f"notes refresh (every {counted(read.refresh_days, 'day', 'g')}): re-read "
+        f"{counted(read.refreshed_orders, 'order')} updated {ranges}; "
+        f"{read.refresh_share:.0%} of the history swept this cycle"
     )
     if stored_orders:
         # Each 1000 orders re-read cost an orders request and a notes request (plus pages).
         per_day = 2 * stored_orders / 1000 / read.refresh_days
-        line += f"; about {per_day:.0f} requests a day"
+        line += f"; about {counted(per_day, 'request', '.0f')} a day"
     return line
 
 
@@ -172,6 +175,9 @@ def record_run(path: Path, report: RunReport, exit_code: int) -> None:
     """
     line = json.dumps(report.record(exit_code)) + "\n"
     try:
+        # PostgreSQL's records live in dlt's working folder, which a run that could not
+        # connect never made: its failure must be recorded all the same.
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
     except OSError as exc:

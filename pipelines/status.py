@@ -20,7 +20,7 @@ from pipelines.properties import pipeline_name
 from pipelines.runs import clock_warning, read_runs
 from pipelines.storage import DATASET_NAME, PostgresStorage, Storage, check_whole, damaged
 from pipelines.views import TABLES
-from sources.errors import MewsConfigError
+from sources.errors import MewsConfigError, MewsUnavailableError, counted
 
 log = logging.getLogger("mews_sync.status")
 
@@ -95,6 +95,7 @@ def reading_duckdb(path: Path) -> Iterator[Reader]:
 def reading_postgres(storage: PostgresStorage) -> Iterator[Reader]:
     from pipelines.mews_pipeline import build_pipeline
 
+    storage.connect().close()  # one sentence if the server cannot be reached, not dlt's trace
     pipeline = build_pipeline(storage)
     with pipeline.sql_client() as client:
         native = client.native_connection
@@ -193,6 +194,8 @@ def status_screen(
     except SyncBusyError:
         out += ["A run is writing the DuckDB file now: its tables are not shown until it ends.", ""]
         out += run_lines(storage, runs, now)
+    except MewsUnavailableError as exc:  # PostgreSQL cannot be reached: the runs say why
+        out += [str(exc), ""] + run_lines(storage, runs, now)
     return "\n".join(out)
 
 
@@ -326,15 +329,16 @@ def refresh_lines(reader: Reader, name: str, now: datetime) -> list[str]:
     started = datetime.fromisoformat(progress["cycle_started"].replace("Z", "+00:00"))
     position = progress.get("position", "")[:10]
     out = [
-        f"Notes refresh (every order's notes re-read at least every {days:g} days): this "
-        f"cycle started {when(started)} ({ago(now - started)}), swept up to orders updated "
-        f"{position}"
+        f"Notes refresh (every order's notes re-read at least every "
+        f"{counted(days, 'day', 'g')}): this cycle started {when(started)} "
+        f"({ago(now - started)}), swept up to orders updated {position}"
     ]
     if has(reader, "product_service_orders"):
         ((orders,),) = reader.rows("select count(*) from product_service_orders")
         # Each 1000 orders re-read cost an orders request and a notes request (plus pages).
         out.append(
-            f"  about {2 * orders / 1000 / days:.0f} extra requests a day for {orders:,} orders"
+            f"  about {counted(2 * orders / 1000 / days, 'extra request', '.0f')} a day for "
+            f"{counted(orders, 'order', ',')}"
         )
     return out
 
@@ -358,9 +362,10 @@ def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> li
     if ok:
         out += [
             f"  last success: {run_head(ok, now)}, {ok['seconds']} s",
-            f"    read {ok['orders']} orders in {ok['order_pages']} pages over "
-            f"{ok['windows']} windows, {ok['notes']} notes; {ok['requests']} requests, "
-            f"{ok['retries']} retries, {ok['throttled']} 429s",
+            f"    read {counted(ok['orders'], 'order')} in {counted(ok['order_pages'], 'page')} "
+            f"over {counted(ok['windows'], 'window')}, {counted(ok['notes'], 'note')}; "
+            f"{counted(ok['requests'], 'request')}, {counted(ok['retries'], 'retry')}, "
+            f"{counted(ok['throttled'], '429')}",
         ]
         if warning := clock_warning(ok.get("mews_clock_offset")):
             out.append(f"    {warning}")

@@ -301,19 +301,24 @@ class PostgresStorage:
         with self.connection() as connection, advisory_lock(connection, name, busy, wait):
             yield
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
-        """A connection of its own (autocommit) for advisory locks, closed at the end."""
+    def connect(self) -> Any:
+        """A psycopg2 connection, or one sentence saying why there is none (a wrong port, a
+        server that is down)."""
         import psycopg2
 
         try:
-            connection = psycopg2.connect(postgres_credentials().to_native_representation())
+            return psycopg2.connect(postgres_credentials().to_native_representation())
         except psycopg2.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MewsUnavailableError(
                 f"Cannot connect to PostgreSQL at {self.where}: {first}. Check "
                 "DESTINATION__POSTGRES__CREDENTIALS and that the server is up."
             ) from None
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A connection of its own (autocommit) for advisory locks, closed at the end."""
+        connection = self.connect()
         connection.autocommit = True
         self.working_dir().mkdir(parents=True, exist_ok=True)
         try:

@@ -2,10 +2,21 @@
 
 A module of their own, outside `sources.mews`, so that the command line can name them without
 importing dlt: importing anything under `sources.mews` runs its `__init__`, which imports dlt
-(about 1 s). `sources.mews.client` re-exports them.
+(about 1 s). `sources.mews.client` re-exports them. Also `counted`, for the numbers in the
+messages people read.
 """
 
 from __future__ import annotations
+
+
+def counted(amount: float, noun: str, spec: str = "") -> str:
+    """`amount` formatted with `spec`, then `noun`, plural unless the amount reads 1:
+    "1 order", "0 orders", "2 retries", counted(1000, "note", ",") "1,000 notes"."""
+    shown = format(amount, spec)
+    if shown == "1":
+        return f"{shown} {noun}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{shown} {plural}"
 
 
 class MewsError(Exception):

@@ -1,5 +1,6 @@
 """Shared by the sandbox tests: POST an operation to a sandbox through its in-process transport."""
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,20 @@ import pytest
 from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 
 SandboxCall = Callable[..., httpx.Response]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dlt_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """dlt's data folder (its pipelines, our PostgreSQL runs' records) in a temporary folder,
+    for every test and the processes they start: never the machine's own (/var/dlt as
+    root, ~/.dlt), where the suite once left a folder per PostgreSQL database it made."""
+    before = os.environ.get("DLT_DATA_DIR")
+    os.environ["DLT_DATA_DIR"] = str(tmp_path_factory.mktemp("dlt_data"))
+    yield
+    if before is None:
+        os.environ.pop("DLT_DATA_DIR", None)
+    else:
+        os.environ["DLT_DATA_DIR"] = before
 
 
 @pytest.fixture

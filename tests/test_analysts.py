@@ -31,12 +31,13 @@ from harness import (
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, main, recorded_sync
+from pipelines.compaction import Compacted
 from pipelines.progress import Progress
 from pipelines.runs import RunReport, read_runs
-from pipelines.status import month_start
+from pipelines.status import month_start, run_lines
 from pipelines.storage import DuckDbStorage
 from pipelines.views import view_files
-from sources.errors import MewsError
+from sources.errors import MewsError, counted
 from sources.mews import SourceStats
 from sources.mews.client import ClientStats, format_utc
 
@@ -461,6 +462,34 @@ def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration()
     assert record["error"] == "Mews answered 503"
     assert (record["short_pages"], record["end_probes"], record["timeouts"]) == (5, 9, 1)
     assert record["too_long_windows"] == 1
+
+
+def test_counts_of_one_are_singular_in_the_summary_and_status(tmp_path):
+    report = RunReport(kind="run", where="x.duckdb", seconds=1.0)
+    report.read = SourceStats(
+        windows=1, order_pages=1, orders=1, notes=1, refresh_days=1.0, refreshed_orders=1
+    )
+    report.stats = ClientStats(retries=1, throttled=1, end_probes=1)
+    report.stats.requests.update({"productServiceOrders/getAll": 1})
+    report.removed = Compacted(superseded_orders=1, superseded_notes=1, deleted_notes=1)
+    report.table_rows = {"product_service_orders": 500}  # 2 * 500 / 1000 a day: 1 request
+
+    text = report.summary()
+    for words in (
+        "read: 1 order in 1 page over 1 window, 1 note",
+        "(+1 end probe)",
+        "older copies of 1 order and 1 note read again; 1 note deleted in Mews",
+        "notes refresh (every 1 day): re-read 1 order updated",
+        "about 1 request a day",
+    ):
+        assert words in text
+    screen = "\n".join(
+        run_lines(DuckDbStorage.at(tmp_path / "x.duckdb"), [report.record(0)], report.started)
+    )
+    assert "read 1 order in 1 page over 1 window, 1 note; 1 request, 1 retry, 1 429" in screen
+    assert "1 orders" not in text + screen and "1 requests" not in text + screen
+    assert [counted(n, "retry") for n in (0, 2)] == ["0 retries", "2 retries"]
+    assert counted(1000, "day", ",") == "1,000 days" and counted(0.6, "day", ".0f") == "1 day"
 
 
 # -- progress --------------------------------------------------------------------------------

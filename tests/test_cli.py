@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -79,6 +80,45 @@ def test_backfill_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     expected = sum(start <= u[:10] < end for u in updated)
     assert f"read: {expected} orders" in result.stdout
+
+
+def test_a_backfill_wholly_in_the_future_is_a_configuration_error(tmp_path):
+    sandbox = Sandbox.generate(orders=50, seed=4)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    with serve(sandbox) as url:
+        result = cli(
+            cli_env(tmp_path, url),
+            *("backfill", "--start", "2099-01-01", "--end", "2099-02-01"),
+            cwd=tmp_path,
+        )
+    assert result.returncode == 2, result.stderr
+    sentence = one_sentence(result.stderr)
+    assert "--start 2099-01-01T00:00:00Z is not before the current time" in sentence
+    assert "--end" in sentence and "this machine's clock" in sentence
+    assert sandbox.log.count() == 0  # said before the first request
+    assert not (tmp_path / "mews_sync.duckdb").exists()
+
+
+def test_a_backfill_ending_in_the_future_reads_up_to_now(tmp_path):
+    sandbox = Sandbox.generate(orders=300, seed=4)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    first = min(o["UpdatedUtc"] for o in sandbox.orders())[:10]
+    with serve(sandbox) as url:
+        result = cli(
+            cli_env(tmp_path, url), "backfill", "--start", first, "--end", "2099-01-01",
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "read: 300 orders" in result.stdout
+    ends = [
+        e.body["UpdatedUtc"]["EndUtc"]
+        for e in sandbox.log.entries
+        if e.operation == "productServiceOrders/getAll"
+    ]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert ends and max(ends) <= now  # never the future --end itself
 
 
 def test_the_console_script_is_installed():

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from harness import FakeClock
 
-from sources.mews import check_ids, group_by_start, parse_utc, walk_windows
+from sources.mews import check_ids, group_by_start, parse_utc, service_row, walk_windows
 from sources.mews.arrow_pages import ArrowPageReader
 from sources.mews.client import (
     MewsClient,
@@ -310,3 +310,18 @@ def test_a_field_learned_as_text_that_changes_shape_is_learned_again():
 )
 def test_a_page_of_another_shape_is_left_to_the_general_decoding(body):
     assert ArrowPageReader("ProductServiceOrders", raw_schema(ORDER_COLUMNS)).read(body) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"Names": {"cs-CZ": "Snídaně", "en-US": "Breakfast"}, "Name": "Old"}, "Breakfast"),
+        ({"Names": {"cs-CZ": "Snídaně", "de-DE": "Frühstück"}, "Name": "Old"}, "Snídaně"),
+        ({"Names": {}, "Name": "Old"}, "Old"),
+        ({"Name": "Old", "Type": "Orderable"}, "Old"),  # an older response
+        ({"Names": None}, None),
+    ],
+)
+def test_a_service_is_named_from_names_first_then_the_deprecated_name(fields, name):
+    row = service_row({"Id": "s1", "EnterpriseId": "e1", **fields})
+    assert row["Name"] == name

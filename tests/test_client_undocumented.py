@@ -3,8 +3,11 @@ leaves open: heavy requests, short pages, how "3 months" is counted, timeouts, r
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -15,6 +18,13 @@ import pendulum
 import pytest
 from harness import FakeClock
 
+from mews_sandbox import (
+    DEMO_CLIENT_TOKEN,
+    DEMO_PORTFOLIO_ACCESS_TOKEN,
+    Sandbox,
+    SandboxConfig,
+    SandboxTransport,
+)
 from sources.mews.client import (
     ClientStats,
     IntervalTooLongError,
@@ -509,3 +519,89 @@ def test_a_cursor_from_the_server_goes_back_as_it_came():
     fake = FakeMews(refuse=pages)
     assert len(order_ids(client_for(fake), START, START + timedelta(days=1))) == 2
     assert fake.sent()[1]["Limitation"]["Cursor"] == "Not-A-UUID {1}"
+
+
+# -- what is sent: whole seconds, at most 1000 ids a list --------------------------------------
+
+WHOLE_SECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.mark.parametrize("semantics", ["half_open", "inclusive"])
+def test_halved_windows_are_sent_in_whole_seconds_and_lose_no_order(semantics):
+    """Bounds with fractions, and halving (by 408s): every interval sent is whole seconds, as
+    the documentation writes times, the windows meet, and every order comes."""
+    sandbox = Sandbox.generate(
+        orders=300, seed=7, config=SandboxConfig(interval_semantics=semantics)
+    )
+    inner = SandboxTransport(sandbox)
+
+    def heavy_beyond_ten_days(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if "UpdatedUtc" in body:
+            start, end = interval_of(body)
+            if end - start > timedelta(days=10):
+                return answer(408, {"Message": "Too heavy."})
+        return inner.handle_request(request)
+
+    client = MewsClient(
+        "http://sandbox",
+        DEMO_CLIENT_TOKEN,
+        DEMO_PORTFOLIO_ACCESS_TOKEN,
+        transport=httpx.MockTransport(heavy_beyond_ten_days),
+        rate_limit=None,
+    )
+    orders = sandbox.orders()
+    services = sorted({o["ServiceId"] for o in orders})
+    updated = sorted(parse(o["UpdatedUtc"]) for o in orders)
+    start = updated[0] - timedelta(days=3, microseconds=250_000)
+    end = updated[-1] + timedelta(days=1, microseconds=750_000)
+
+    found = {o["Id"] for page in client.product_service_orders(services, start, end) for o in page}
+
+    assert found == {o["Id"] for o in orders}
+    assert client.stats.splits > 0
+    sent = [e.body["UpdatedUtc"] for e in sandbox.log.entries if "UpdatedUtc" in e.body]
+    assert all(WHOLE_SECONDS.fullmatch(t) for i in sent for t in i.values()), sent
+    windows = sorted({interval_of({"UpdatedUtc": i}) for i in sent})
+    assert windows[0][0] == start.replace(microsecond=0)
+    assert windows[-1][1] == end.replace(microsecond=0) + timedelta(seconds=1)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))  # no gap, no overlap
+
+
+def test_more_than_1000_enterprise_ids_go_in_requests_of_at_most_1000():
+    sandbox = Sandbox.generate(orders=100, seed=8)
+    client = MewsClient(
+        "http://sandbox",
+        DEMO_CLIENT_TOKEN,
+        DEMO_PORTFOLIO_ACCESS_TOKEN,
+        transport=SandboxTransport(sandbox),
+        rate_limit=None,
+    )
+    real = sorted({e["Id"] for e in sandbox.enterprises()})
+    # Ids the token does not cover: the sandbox ignores them, as Mews is taken to.
+    others = [str(uuid.UUID(int=i)) for i in range(2500)]
+    enterprise_ids = others[:1200] + real + others[1200:]
+    orders = sandbox.orders()
+    services = sorted({o["ServiceId"] for o in orders})
+    updated = sorted(parse(o["UpdatedUtc"]) for o in orders)
+
+    found = {
+        o["Id"]
+        for page in client.product_service_orders(
+            services, updated[0], updated[-1] + timedelta(seconds=1), enterprise_ids
+        )
+        for o in page
+    }
+    notes = {
+        n["Id"] for page in client.service_order_notes(found, None, enterprise_ids) for n in page
+    }
+    listed = {s["Id"] for page in client.services(None, enterprise_ids) for s in page}
+    enterprises = {e["Id"] for page in client.enterprises(enterprise_ids) for e in page}
+
+    assert found == {o["Id"] for o in orders}
+    assert notes == {n["Id"] for n in sandbox.notes() if n["Type"] in ("General", "ChannelManager")}
+    assert listed == {s["Id"] for s in sandbox.services()}
+    assert enterprises == set(real)
+    assert sandbox.log.count(status=400) == 0
+    sizes = [len(e.body["EnterpriseIds"]) for e in sandbox.log.entries]
+    assert max(sizes) == 1000 and sum(1 for s in sizes if s == 1000) >= 4 * 3

@@ -31,7 +31,15 @@ from mews_sandbox import (
     Sandbox,
     serve,
 )
-from pipelines.cli import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, build_parser, main
+from pipelines.cli import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    build_parser,
+    main,
+)
 from pipelines.failures import explain
 from pipelines.lock import SyncBusyError
 from pipelines.progress import Progress
@@ -567,6 +575,16 @@ def test_a_name_that_does_not_resolve_is_retried_a_few_seconds_then_named(capsys
         list(client.services())
     assert time.monotonic() - started < 10
     assert client.stats.retries == 2
+
+
+def test_a_name_that_does_not_resolve_says_retry_later_and_check_the_url(
+    run_settings, monkeypatch, capsys
+):
+    monkeypatch.setenv("SOURCES__MEWS__PLATFORM_URL", "https://no-such-host.invalid")
+    assert main(["run"]) == EXIT_UNAVAILABLE
+    sentence = one_sentence(capsys.readouterr().err)
+    assert "Cannot reach no-such-host.invalid:443" in sentence
+    assert "try again later; if it persists, check SOURCES__MEWS__PLATFORM_URL" in sentence
 
 
 def test_a_refused_connection_once_the_run_has_started_is_retried_as_before():

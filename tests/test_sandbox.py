@@ -254,8 +254,9 @@ def test_a_body_that_is_not_a_json_object_is_400(sb: Sandbox, mews_call: Any, ra
         ("", {"AccessToken": ["a", "list"]}, 401),
         ("Client", {}, 400),
         ("", {"Client": ""}, 400),
-        ("", {"LanguageCode": "en-US"}, 400),
-        ("", {"CultureCode": "en-US"}, 400),
+        # One without the other: "default values will be used" (requests.md), not a 400.
+        ("", {"LanguageCode": "en-US"}, 200),
+        ("", {"CultureCode": "en-US"}, 200),
         ("", {"LanguageCode": "en-US", "CultureCode": "en-US"}, 200),
         ("", {"SomethingNew": {"x": 1}, "MaskedAccessToken": "ab…"}, 200),  # ignored
     ],
@@ -887,8 +888,10 @@ def test_services_shapes_filters_and_pages(mews_call: Any) -> None:
             "CreatedUtc",
             "UpdatedUtc",
             "Data",
+            "ExternalIdentifier",  # optional; null for some
         } == set(service)  # the deprecated Name is gone
         assert service["Data"]["Discriminator"] in ("Additional", "Bookable")
+    assert {s["ExternalIdentifier"] is None for s in got} == {True, False}
     enterprise = got[0]["EnterpriseId"]
     mine = mews_call(sb, SERVICES, Limitation={"Count": 100}, EnterpriseIds=[enterprise]).json()
     assert {s["EnterpriseId"] for s in mine["Services"]} == {enterprise}
@@ -932,6 +935,23 @@ def test_an_unknown_service_type_is_400(sb: Sandbox, mews_call: Any, value: Any)
 # --- enterprises -----------------------------------------------------------------------------
 
 
+def test_more_than_1000_enterprise_ids_are_a_400_on_every_operation(mews_call: Any) -> None:
+    sb = Sandbox.generate(orders=10, seed=1, now=NOW)
+    many = [f"4f8b1f4e-0000-4000-8000-{i:012d}" for i in range(1001)]
+    order_ids = [o["Id"] for o in sb.orders()]
+    for operation, fields in (
+        (ORDERS, {"ServiceIds": product_service_ids(sb)}),
+        (NOTES, {"ServiceOrderIds": order_ids}),
+        (SERVICES, {}),
+        (ENTERPRISES, {}),
+    ):
+        limitation = {"Count": 10}
+        refused = mews_call(sb, operation, EnterpriseIds=many, Limitation=limitation, **fields)
+        assert refused.status_code == 400 and "1000" in refused.json()["Message"], operation
+        fine = mews_call(sb, operation, EnterpriseIds=many[:1000], Limitation=limitation, **fields)
+        assert fine.status_code == 200, operation
+
+
 def test_enterprises_get_all_pages_filters_and_scope(mews_call: Any) -> None:
     sb = Sandbox.generate(orders=10, seed=1, now=NOW)
     truth = sb.enterprises()
@@ -950,7 +970,20 @@ def test_enterprises_get_all_pages_filters_and_scope(mews_call: Any) -> None:
             "LinkedUtc",
             "DefaultLanguageCode",
             "Pricing",
+            # Required by the documentation (enterprises.md, 2026-08).
+            "AccountingEditableHistoryInterval",
+            "OperationalEditableHistoryInterval",
+            "AddressId",
+            "Address",
+            "GroupNames",
+            "Subscription",
+            "LegalEnvironmentCode",
+            "AccommodationEnvironmentCode",
+            "AccountingEnvironmentCode",
+            "TaxEnvironmentCode",
         } <= set(enterprise)
+        assert enterprise["Address"]["Id"] == enterprise["AddressId"]
+        assert enterprise["Address"]["CountryCode"] and isinstance(enterprise["GroupNames"], list)
         assert enterprise["ShortName"] is None or len(enterprise["ShortName"]) <= 11
         assert utc(enterprise["CreatedUtc"]) <= utc(enterprise["UpdatedUtc"]) <= NOW
     assert len({e["ChainId"] for e in truth}) == 1

@@ -158,6 +158,12 @@ def mews_source(
         backfill = (parse_utc(backfill_start, "--start"), parse_utc(backfill_end, "--end"))
         if backfill[0] >= backfill[1]:
             raise MewsConfigError("The backfill --start must be before its --end.")
+        if backfill[0] >= now:
+            raise MewsConfigError(
+                f"The backfill --start {format_utc(backfill[0])} is not before the current time "
+                f"({format_utc(now)} by this machine's clock), so nothing can have changed "
+                "in it: give a past --start (and --end)."
+            )
     overlap = timedelta(minutes=float(overlap_minutes))
     if overlap < timedelta(0):
         raise MewsConfigError(
@@ -240,7 +246,10 @@ def mews_source(
                 else backfill[0]
             )
             state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
-            plan = [(ids, window) for window in walk_windows(begin, backfill[1])]
+            # An --end in the future reads up to now, nothing being newer: to the end of the
+            # current second (`now` has none), or to the run's end if that is later.
+            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
+            plan = [(ids, w) for w in walk_windows(begin, until)]
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
@@ -416,7 +425,8 @@ def service_row(service: dict[str, Any]) -> dict[str, Any]:
     legacy = service.get("Type")
     kind = data.get("Discriminator") or LEGACY_SERVICE_TYPES.get(legacy, legacy)
     names = service.get("Names") if isinstance(service.get("Names"), dict) else {}
-    name = service.get("Name") or names.get("en-US") or next(iter(names.values()), None)
+    # Names is current, Name deprecated (services.md): Name only when Names has no name.
+    name = names.get("en-US") or next(iter(names.values()), None) or service.get("Name")
     return {
         "Id": service.get("Id"),
         "EnterpriseId": service.get("EnterpriseId"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import partial
+from itertools import product
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ from sources.errors import (  # re-exported: the source and the pipeline name th
     MewsUnavailableError,
     RequestTimedOutError,
     RequestTooHeavyError,
+    counted,
 )
 
 from .arrow_pages import ArrowPageReader
@@ -261,6 +263,15 @@ def chunked(ids: Iterable[str], size: int = MAX_IDS_PER_REQUEST) -> Iterator[lis
         yield ids[start : start + size]
 
 
+def id_filters(**id_lists: list[str] | None) -> Iterator[dict[str, list[str]]]:
+    """The filters of the requests that together ask for every id given: one per combination
+    of batches of at most MAX_IDS_PER_REQUEST ids of each list (None: not filtered on), so
+    that no request names more ids in one list than Mews takes. One empty filter for none."""
+    given = {name: list(chunked(ids)) for name, ids in id_lists.items() if ids}
+    for batches in product(*given.values()):
+        yield dict(zip(given, batches, strict=True))
+
+
 def asks_for_nothing(*id_lists: list[str] | None) -> bool:
     """True when an id filter is an empty list: nothing can match it, and Mews takes no empty
     id list (`minItems: 1`). None is no filter."""
@@ -274,12 +285,22 @@ def halve_ids(ids: list[str]) -> tuple[list[str], list[str]] | None:
 
 
 def halve_interval(window: Interval) -> tuple[Interval, Interval] | None:
-    """Two halves of [start, end); None once it is MIN_WINDOW or shorter."""
+    """Two halves of [start, end), split at a whole second; None once it is MIN_WINDOW or
+    shorter. Halves of whole-second bounds have whole-second bounds, as Mews' format has."""
     start, end = window
     if end - start <= MIN_WINDOW:
         return None
-    middle = start + (end - start) / 2
+    middle = start + timedelta(seconds=(end - start).total_seconds() // 2)
     return (start, middle), (middle, end)
+
+
+def whole_seconds(window: Interval) -> Interval:
+    """The shortest interval of whole seconds that holds `window`: Mews documents times as
+    YYYY-MM-DDThh:mm:ssZ. Widened, never narrowed: an order at a bound may come twice (kept
+    once), but none is lost."""
+    start, end = window
+    ceiling = end if not end.microsecond else end.replace(microsecond=0) + timedelta(seconds=1)
+    return start.replace(microsecond=0), ceiling
 
 
 def check_platform_url(url: str) -> str:
@@ -469,8 +490,8 @@ class MewsClient:
                     if attempt >= FIRST_CONTACT_RETRIES:
                         raise MewsUnavailableError(
                             f"Cannot reach {self._where()} ({type(exc).__name__}: "
-                            f"{str(exc) or 'no detail'}): check SOURCES__MEWS__PLATFORM_URL "
-                            "and the network, then try again."
+                            f"{str(exc) or 'no detail'}): try again later; if it persists, "
+                            "check SOURCES__MEWS__PLATFORM_URL and the network."
                         ) from None
                     pause = min(1.0, self.backoff_base) * (attempt + 1)
             else:
@@ -519,7 +540,8 @@ class MewsClient:
                     raise MewsApiError(operation, status, *self._error_details(response))
             if attempt >= self.max_retries:
                 raise MewsUnavailableError(
-                    f"Mews {operation} still failing after {attempt + 1} attempts: {failure}. "
+                    f"Mews {operation} still failing after {counted(attempt + 1, 'attempt')}: "
+                    f"{failure}. "
                     "Try again later."
                 )
             if pause is None:
@@ -650,7 +672,8 @@ class MewsClient:
         enterprise_ids: list[str] | None = None,
         item_schema: pa.Schema | None = None,
     ) -> Iterator[Page]:
-        """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to).
+        """Pages of orders of these services whose UpdatedUtc is in [updated_from, updated_to),
+        widened to whole seconds (`whole_seconds`).
 
         See `_updated_by_service` for the windows; pages already yielded may come again: keep
         one row per order id. `item_schema`: see `iter_pages`.
@@ -686,11 +709,8 @@ class MewsClient:
         for nothing (no request)."""
         if asks_for_nothing(service_ids, enterprise_ids):
             return
-        for services in chunked(service_ids):
-            filters: dict[str, Any] = {"ServiceIds": services, "IncludeDefault": True}
-            if enterprise_ids:
-                filters["EnterpriseIds"] = enterprise_ids
-            yield from self.iter_pages(PRODUCTS_OPERATION, filters)
+        for filters in id_filters(ServiceIds=service_ids, EnterpriseIds=enterprise_ids):
+            yield from self.iter_pages(PRODUCTS_OPERATION, {**filters, "IncludeDefault": True})
 
     def _updated_by_service(
         self,
@@ -702,17 +722,16 @@ class MewsClient:
         item_schema: pa.Schema | None,
     ) -> Iterator[Page]:
         """Pages of `operation` for these services whose UpdatedUtc is in [updated_from,
-        updated_to): any number of service ids (batches of 1000) and any interval, sent in
+        updated_to), widened to whole seconds (`whole_seconds`): any number of service and
+        enterprise ids (batches of 1000, `id_filters`) and any interval, sent in
         windows of at most `max_window_days` or else MAX_WINDOW_MONTHS. When even small pages
         are too heavy, a window is halved (down to MIN_WINDOW). An empty list of ids asks for
         nothing (no request); `enterprise_ids=None` is every enterprise of the token.
         """
         if asks_for_nothing(service_ids, enterprise_ids):
             return
-        for services in chunked(service_ids):
-            filters: dict[str, Any] = {"ServiceIds": services}
-            if enterprise_ids:
-                filters["EnterpriseIds"] = enterprise_ids
+        updated_from, updated_to = whole_seconds((updated_from, updated_to))
+        for filters in id_filters(ServiceIds=service_ids, EnterpriseIds=enterprise_ids):
             walk = partial(self._updated_in, operation, filters, item_schema)
             start = updated_from
             while start < updated_to:
@@ -764,7 +783,8 @@ class MewsClient:
         enterprise_ids: list[str] | None = None,
         item_schema: pa.Schema | None = None,
     ) -> Iterator[Page]:
-        """Pages of the notes of these orders, any number of ids, in batches of 1000.
+        """Pages of the notes of these orders, any number of ids (order and enterprise ids),
+        in batches of 1000.
 
         When even small pages are too heavy, the batch of ids is halved; pages already
         yielded for it come again. `item_schema`: see `iter_pages`. An empty list of ids asks
@@ -772,15 +792,14 @@ class MewsClient:
         """
         if asks_for_nothing(enterprise_ids):
             return
-        filters: dict[str, Any] = {}
-        if types := list(types or []):
-            filters["Types"] = types
-        if enterprise_ids:
-            filters["EnterpriseIds"] = enterprise_ids
-
-        walk = partial(self._notes_of, filters, item_schema)
-        for orders in chunked(order_ids):
-            yield from self._ask_for_less(walk, orders, halve_ids)
+        order_ids = list(order_ids)
+        types = list(types or [])
+        for filters in id_filters(EnterpriseIds=enterprise_ids):
+            if types:
+                filters["Types"] = types
+            walk = partial(self._notes_of, filters, item_schema)
+            for orders in chunked(order_ids):
+                yield from self._ask_for_less(walk, orders, halve_ids)
 
     def _notes_of(
         self, filters: dict[str, Any], item_schema: pa.Schema | None, order_ids: list[str]
@@ -817,12 +836,7 @@ class MewsClient:
         """Pages of services, all of them (None) or only the given ids (none for [])."""
         if asks_for_nothing(service_ids, enterprise_ids):
             return
-        for services in chunked(service_ids) if service_ids else [None]:
-            filters: dict[str, Any] = {}
-            if services:
-                filters["ServiceIds"] = services
-            if enterprise_ids:
-                filters["EnterpriseIds"] = enterprise_ids
+        for filters in id_filters(ServiceIds=service_ids, EnterpriseIds=enterprise_ids):
             yield from self.iter_pages(SERVICES_OPERATION, filters)
 
     def enterprises(
@@ -831,6 +845,5 @@ class MewsClient:
         """Pages of enterprises (properties): those of the token (None), or the given ids."""
         if asks_for_nothing(enterprise_ids):
             return
-        for enterprises in chunked(enterprise_ids) if enterprise_ids else [None]:
-            filters = {"EnterpriseIds": enterprises} if enterprises else {}
+        for filters in id_filters(EnterpriseIds=enterprise_ids):
             yield from self.iter_pages(ENTERPRISES_OPERATION, filters)
