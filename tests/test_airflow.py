@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO / "docs" / "scheduling" / "airflow_dag.py"
 AIRFLOW = Path(os.environ.get("MEWS_SYNC_TEST_AIRFLOW") or REPO / ".venv-airflow/bin/airflow")
 INSTALL = (
-    'python3.11 -m venv .venv-airflow && .venv-airflow/bin/pip install "apache-airflow==3.*" -e .'
+    "python3.11 -m venv .venv-airflow && .venv-airflow/bin/pip install "
+    '"apache-airflow==3.*" -e . -c constraints.txt'
 )
 TIMEOUT = 600  # seconds for one `airflow` command: a task Airflow retried would wait longer
 
