@@ -86,6 +86,9 @@ class Faults:
     heavy_count: int | None = None
     """getAll requests with Limitation.Count above this are "too heavy": 408 at once, or a
     stall (below)."""
+    heavy_ids: bool = False
+    """Requests with an id list (ServiceOrderIds, ServiceIds, ...) longer than heavy_count are
+    too heavy as well: a Mews that is slow on many ids, not only on large pages."""
     stall_heavy_s: float | None = None
     """Too heavy requests stall this many seconds (outside the lock), then answer, instead of
     a quick 408: longer than a client's timeout, they never answer in time."""
@@ -229,6 +232,12 @@ def _limitation(payload: dict[str, Any]) -> tuple[int, str | None]:
     if cursor is not None and not isinstance(cursor, str):
         raise _bad("Invalid Cursor.")
     return count, cursor
+
+
+def _longest_id_list(payload: dict[str, Any]) -> int:
+    """The length of the longest id list of a request (0 for none)."""
+    lists = [v for k, v in payload.items() if k.endswith("Ids") and isinstance(v, list)]
+    return max(map(len, lists), default=0)
 
 
 def _parse_utc(value: Any, name: str) -> datetime:
@@ -804,7 +813,8 @@ class Sandbox:
                 return dropped
             if faults.heavy_count is not None and operation.endswith("/getAll"):
                 count, _ = _limitation(payload)  # an invalid Limitation is a 400 first
-                if count > faults.heavy_count:
+                ids = _longest_id_list(payload) if faults.heavy_ids else 0
+                if max(count, ids) > faults.heavy_count:
                     if faults.stall_heavy_s is None:
                         raise ApiError(408, "The request is too heavy: ask for fewer items.")
                     stall = faults.stall_heavy_s

@@ -65,9 +65,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 DEMO_ORDERS = 2000
 DEMO_PIPELINE = "mews_demo"  # the demo's dlt pipeline: marks a file as the demo's own
-DEMO_QUERY = """select s.name as service, o.state, count(*) as orders
-from mews.product_service_orders o join mews.services s on s.id = o.service_id
-group by all order by orders desc limit 5"""
+# The question a revenue manager asks first: what did each service earn last month?
+DEMO_QUERY = """select service_name as service, currency, cast(sum(items) as bigint) as items,
+    cast(sum(gross_value) as decimal(18, 2)) as gross_revenue
+from mews.revenue_daily
+where day >= date_trunc('month', current_date) - interval '1 month'
+    and day < date_trunc('month', current_date)
+group by all order by gross_revenue desc limit 5"""
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -33,7 +33,7 @@ CLEANED_TABLE = "_mews_sync_cleaned_loads"
 LEGACY_MARK_TABLE = "_mews_sync_cleaned"
 # Each destination's name for a row's physical identity, to tell apart two copies of a row.
 ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
-APPENDED = ("product_service_orders", "service_order_notes")
+APPENDED = ("product_service_orders", "service_order_notes", "order_items")
 
 
 @dataclass
@@ -43,18 +43,26 @@ class Compacted:
     superseded_orders: int = 0
     superseded_notes: int = 0
     deleted_notes: int = 0
+    superseded_items: int = 0
 
     def add(self, other: Compacted) -> None:
         self.superseded_orders += other.superseded_orders
         self.superseded_notes += other.superseded_notes
         self.deleted_notes += other.deleted_notes
+        self.superseded_items += other.superseded_items
 
 
 def load_by_appending(source: Any) -> None:
-    """Switch the source's orders and notes from dlt's merge to appending (compact() after
-    each load). The notes' markers for orders without notes only matter to a merge."""
+    """Switch the source's orders, notes and order items from dlt's merge to appending
+    (compact() after each load). The notes' markers for orders without notes only matter to
+    a merge."""
     # The merge-only hints go too: dlt warns on every load that an append ignores them.
     source.resources["product_service_orders"].apply_hints(
+        write_disposition="append",
+        columns={"updated_utc": {"name": "updated_utc", "dedup_sort": None}},
+    )
+    # Order items are never deleted in Mews: the latest copy of each is all there is to keep.
+    source.resources["order_items"].apply_hints(
         write_disposition="append",
         columns={"updated_utc": {"name": "updated_utc", "dedup_sort": None}},
     )
@@ -81,7 +89,8 @@ def without_markers(notes: pa.Table) -> pa.Table:
 
 
 def compact(sql_client: Any, destination: str) -> Compacted:
-    """Keep one row per order and per note, the latest read, and drop the notes Mews deleted,
+    """Keep one row per order, note and order item, the latest read, and drop the notes Mews
+    deleted,
     looking only at rows of the loads dlt finished that no clean-up has looked at yet.
 
     Whenever an order is read, all its notes are read in the same load, so a current note
@@ -125,6 +134,11 @@ def compact(sql_client: Any, destination: str) -> Compacted:
                 where o.id = n.service_order_id and o._dlt_load_id in {new}
                 and n._dlt_load_id <> o._dlt_load_id""",
                 legacy,
+            )
+        if "order_items" in existing:
+            items = sql_client.make_qualified_table_name("order_items")
+            done.superseded_items = affected(
+                sql_client, delete_superseded(items, row_id, "updated_utc desc", new), legacy
             )
         sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
     if done.deleted_notes:

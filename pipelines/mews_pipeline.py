@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -30,8 +33,9 @@ from pipelines.runs import RunReport, record_run
 from pipelines.storage import DATASET_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
 from sources.errors import MewsConfigError, counted
-from sources.mews import mews_source, pending_work
-from sources.mews.client import format_utc
+from sources.mews import mews_source, pending_work, stored_request_sizes
+from sources.mews.client import RequestSizes, format_utc
+from sources.mews.steps import WindowPace
 
 log = logging.getLogger("mews_sync")
 
@@ -89,11 +93,14 @@ def sync(
     name = pipeline_name(property)
     report = report or RunReport(kind=kind, where=storage.where)
     report.property = property
+    source_args.setdefault("window_pace", WindowPace())  # learned by one step for the next
     started = time.monotonic()
     locked = False
     try:
         storage.check()  # a folder it cannot write
         with property_settings(name):
+            sizes = last_request_sizes(storage, name, pipelines_dir)
+            source_args.setdefault("request_sizes", sizes)
             # Made once before anything is locked or written: its configuration errors come
             # first, and it reads the services (a wrong address, unknown services).
             source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
@@ -132,6 +139,21 @@ def load_wait_seconds() -> float:
     return seconds
 
 
+def last_request_sizes(
+    storage: Storage, name: str, pipelines_dir: str | None
+) -> RequestSizes:
+    """The request sizes Mews answers in time as the last run left them, for every step of
+    this one: from its first request (the services, read as the source is made), and each
+    step from what the steps before learned. A pipeline never run before is not created
+    here, so a configuration error leaves nothing behind."""
+    sizes = RequestSizes()
+    if (Path(pipelines_dir or storage.working_dir()) / name).is_dir():
+        sizes.restore(
+            stored_request_sizes(build_pipeline(storage, name, pipelines_dir).state)
+        )
+    return sizes
+
+
 def load(
     pipeline: dlt.Pipeline,
     storage: Storage,
@@ -149,16 +171,14 @@ def load(
     wait = load_wait_seconds()
     # The fast path where it was measured: append, then remove what the load superseded.
     compacting = pipeline.destination.destination_name in ROW_ID
+    drop_abandoned_extracts(pipeline)
     with storage.lock(wait):
-        # The state as the destination has it (a new working folder, another machine), and
-        # what a run stopped after extracting left (killed, or another process opened the
-        # DuckDB file before its load): its packages, loaded first so that they are never
-        # dropped, then its clean-up.
+        # What a run stopped after extracting left (killed, or another process opened the
+        # DuckDB file before its load), loaded first so that it is never dropped; then the
+        # state as the destination has it (a new working folder, another machine); then the
+        # clean-up of a run killed before its own.
+        finish_interrupted_load(pipeline)
         pipeline.sync_destination()
-        if pipeline.has_pending_data:
-            log.warning("finishing the load an earlier run left pending")
-            pipeline.normalize()
-            pipeline.load()
         if compacting:
             clean_up(pipeline, report)
     while True:
@@ -185,3 +205,47 @@ def clean_up(pipeline: dlt.Pipeline, report: RunReport) -> None:
     """Remove the rows the loads not yet cleaned up superseded (see `compaction`)."""
     with pipeline.sql_client() as client:
         report.removed.add(compact(client, pipeline.destination.destination_name))
+
+
+def finish_interrupted_load(pipeline: dlt.Pipeline) -> None:
+    """Load what a killed run extracted or normalized but did not load (its rows and its
+    state, so the watermarks move past them)."""
+    if not pipeline.has_pending_data:
+        return
+    log.warning("finishing the load an earlier run left pending")
+    if pipeline.destination.destination_name == "postgres":
+        allow_the_state_written_twice(pipeline)
+    # Not `pipeline.run()`: it first syncs with the destination, and on one without the
+    # dataset yet (a first sync killed before its first load) dlt 1.31 then wipes the
+    # working folder, pending load and all, and the run reads everything again.
+    pipeline.normalize()
+    pipeline.load()
+
+
+def allow_the_state_written_twice(pipeline: dlt.Pipeline) -> None:
+    """Drop the UNIQUE constraint dlt puts on the state rows' `_dlt_id` in PostgreSQL.
+
+    A load killed after its state row was written but before dlt noted so writes the row
+    again when it is finished, which the constraint refuses, on every run from then on
+    (dlt 1.31). dlt reads the state of the newest completed load: a second copy is harmless.
+    """
+    with pipeline.sql_client() as client:
+        table = client.make_qualified_table_name("_dlt_pipeline_state")
+        constraint = "_dlt_pipeline_state__dlt_id_key"  # PostgreSQL's name for it
+        client.execute_sql(f"alter table if exists {table} drop constraint if exists {constraint}")
+
+
+# The folder dlt extracts a load into (`normalize/<uniq_id(8)>`) before it renames it into
+# `normalize/extracted` at the end of the extract: a run killed while extracting leaves it.
+ABANDONED_EXTRACT = re.compile(r"[0-9a-f]{16}")
+
+
+def drop_abandoned_extracts(pipeline: dlt.Pipeline) -> None:
+    """Remove the folders of extracts no run will finish: only one run of a property (one
+    pipeline, one working folder) extracts at a time (the caller holds its run lock)."""
+    folder = Path(pipeline.working_dir) / "normalize"
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and ABANDONED_EXTRACT.fullmatch(path.name):
+            shutil.rmtree(path, ignore_errors=True)

@@ -71,7 +71,8 @@ class RunReport:
         lines = [
             head,
             f"  read: {counted(read.orders, 'order')} in {counted(read.order_pages, 'page')} "
-            f"over {counted(read.windows, 'window')}, {counted(read.notes, 'note')}",
+            f"over {counted(read.windows, 'window')}, {counted(read.notes, 'note')}, "
+            f"{counted(read.items, 'order item')}, {counted(read.products, 'product')}",
             f"  rows per table now: {tables or 'none'}",
             f"  requests: {requests} ({per_op or 'none'})",
             f"  retries: {self.stats.retries}, rate-limited (429): {self.stats.throttled}, "
@@ -115,6 +116,7 @@ class RunReport:
             "order_pages": self.read.order_pages,
             "orders": self.read.orders,
             "notes": self.read.notes,
+            "items": self.read.items,
             "superseded_orders": self.removed.superseded_orders,
             "superseded_notes": self.removed.superseded_notes,
             "deleted_notes": self.removed.deleted_notes,

@@ -10,7 +10,14 @@ from typing import Any
 
 log = logging.getLogger("mews_sync")
 
-TABLES = ("product_service_orders", "service_order_notes", "services", "enterprises")
+TABLES = (
+    "product_service_orders",
+    "service_order_notes",
+    "services",
+    "enterprises",
+    "order_items",
+    "products",
+)
 
 
 def apply_views(sql_client: Any) -> None:

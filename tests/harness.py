@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,76 @@ def assert_equals_truth(target: Target) -> None:
     notes, expected_notes = target.notes(), truth_notes(target.sandbox)
     assert len(notes) == len({n[0] for n in notes}), "duplicate notes"
     assert notes == expected_notes
+
+
+ITEM_FIELDS = (
+    "id, service_order_id, service_id, enterprise_id, accounting_state, type, unit_count, "
+    "amount__currency, amount__net_value, amount__gross_value, unit_amount__gross_value, "
+    "original_amount__gross_value, product_id, rebated_item_id, bill_id, updated_utc, "
+    "consumed_utc, closed_utc, canceled_utc"
+)
+
+
+def amount(value: Any) -> Decimal | None:
+    """A JSON number of the sandbox as the exact decimal its text is."""
+    return None if value is None else Decimal(repr(value) if isinstance(value, float) else value)
+
+
+def optional_utc(text: str | None) -> datetime | None:
+    return None if text is None else utc(text)
+
+
+def truth_items(sandbox: Sandbox, service_ids: set[str] | None = None) -> list[tuple]:
+    """The sandbox's order items of the synced services, as `ITEM_FIELDS` reads them."""
+    service_ids = service_ids or product_service_ids(sandbox)
+    rows = []
+    for i in sandbox.order_items():
+        if i["ServiceId"] not in service_ids:
+            continue
+        data = i.get("Data") or {}
+        product, rebate = data.get("Product") or {}, data.get("Rebate") or {}
+        money = i["Amount"]
+        rows.append(
+            (
+                i["Id"], i["ServiceOrderId"], i["ServiceId"], i["EnterpriseId"],
+                i["AccountingState"], i["Type"], i["UnitCount"], money["Currency"],
+                amount(money["NetValue"]), amount(money["GrossValue"]),
+                amount(i["UnitAmount"]["GrossValue"]), amount(i["OriginalAmount"]["GrossValue"]),
+                product.get("ProductId") or rebate.get("ProductId"), rebate.get("RebatedItemId"),
+                i["BillId"], utc(i["UpdatedUtc"]), optional_utc(i["ConsumedUtc"]),
+                optional_utc(i["ClosedUtc"]), optional_utc(i["CanceledUtc"]),
+            )
+        )  # fmt: skip
+    return sorted(rows)
+
+
+def truth_products(sandbox: Sandbox) -> list[tuple]:
+    synced = product_service_ids(sandbox)
+    return sorted(
+        (
+            p["Id"],
+            p["ServiceId"],
+            p["Names"].get("en-US") or next(iter(p["Names"].values()), None),
+            amount(p["Price"]["GrossValue"]),
+            utc(p["UpdatedUtc"]),
+        )
+        for p in sandbox.products()
+        if p["ServiceId"] in synced
+    )
+
+
+def assert_items_equal_truth(target: Target) -> None:
+    """The order items (every field the views use, amounts as exact decimals) and the
+    products equal the sandbox's, one row each."""
+    items = sorted(target.rows(f"select {ITEM_FIELDS} from mews.order_items"))
+    assert len(items) == len({i[0] for i in items}), "duplicate order items"
+    expected = truth_items(target.sandbox)
+    assert len(items) == len(expected)
+    assert items == expected
+    assert all(isinstance(i[8], Decimal) and isinstance(i[9], Decimal) for i in items)
+    products = sorted(
+        target.rows(
+            "select id, service_id, name, price__gross_value, updated_utc from mews.products"
+        )
+    )
+    assert products == truth_products(target.sandbox)

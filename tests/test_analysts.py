@@ -467,7 +467,14 @@ def test_the_summary_has_windows_pages_requests_retries_429s_rows_and_duration()
 def test_counts_of_one_are_singular_in_the_summary_and_status(tmp_path):
     report = RunReport(kind="run", where="x.duckdb", seconds=1.0)
     report.read = SourceStats(
-        windows=1, order_pages=1, orders=1, notes=1, refresh_days=1.0, refreshed_orders=1
+        windows=1,
+        order_pages=1,
+        orders=1,
+        notes=1,
+        items=1,
+        products=1,
+        refresh_days=1.0,
+        refreshed_orders=1,
     )
     report.stats = ClientStats(retries=1, throttled=1, end_probes=1)
     report.stats.requests.update({"productServiceOrders/getAll": 1})
@@ -476,7 +483,7 @@ def test_counts_of_one_are_singular_in_the_summary_and_status(tmp_path):
 
     text = report.summary()
     for words in (
-        "read: 1 order in 1 page over 1 window, 1 note",
+        "read: 1 order in 1 page over 1 window, 1 note, 1 order item, 1 product",
         "(+1 end probe)",
         "older copies of 1 order and 1 note read again; 1 note deleted in Mews",
         "notes refresh (every 1 day): re-read 1 order updated",

@@ -35,8 +35,10 @@ def test_demo_needs_no_configuration_and_shows_what_a_newcomer_needs(tmp_path):
         " ", ""
     )
     assert str(database) in result.stdout
-    assert "select s.name as service" in result.stdout
-    assert re.search(r"│\s+service\s+│\s+state\s+│\s+orders\s+│", result.stdout)
+    assert "from mews.revenue_daily" in result.stdout  # a revenue question
+    assert re.search(
+        r"│\s+service\s+│\s+currency\s+│\s+items\s+│\s+gross_revenue\s+│", result.stdout
+    )
 
 
 def test_the_cli_works_from_any_directory_with_dlt_project_dir(tmp_path):

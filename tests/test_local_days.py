@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
 
-from harness import Target, assert_equals_truth, product_service_ids
+from harness import (
+    Target,
+    amount,
+    assert_equals_truth,
+    assert_items_equal_truth,
+    product_service_ids,
+)
 
 from mews_sandbox import Sandbox
 
@@ -86,3 +94,62 @@ def test_enterprises_are_synced_and_named_in_the_views(tmp_path):
     for view in ("orders_current", "notes_with_orders"):
         pairs = target.rows(f"select distinct enterprise_id, enterprise_name from mews.{view}")
         assert pairs and all(names[i] == n for i, n in pairs), view
+
+
+def test_revenue_daily_counts_local_days_across_dst_and_orders_their_gross(tmp_path, postgres):
+    sandbox = Sandbox.generate(orders=0, seed=53)
+    zones = {e["Id"]: ZoneInfo(e["TimeZoneIdentifier"]) for e in sandbox.enterprises()}
+    prague, _ = service_of(sandbox, "Europe/Prague")
+    honolulu, _ = service_of(sandbox, "Pacific/Honolulu")
+    for service, moments in ((prague, PRAGUE_ORDERS), (honolulu, HONOLULU_ORDERS)):
+        product = next(
+            p["Id"] for p in sandbox.products() if p["ServiceId"] == service and p["IsActive"]
+        )
+        for moment in moments:
+            sandbox.add_order(
+                service,
+                at=datetime.fromisoformat(moment),
+                product_orders=[{"ProductId": product, "Count": 3}],
+            )
+    items = sandbox.order_items()
+    sandbox.cancel_item(items[-1]["Id"], at=datetime.fromisoformat("2026-11-01T00:00:00Z"))
+    sandbox.close_bill([items[1]["Id"]], at=datetime.fromisoformat("2026-11-01T00:00:00Z"))
+    sandbox.rebate_item(items[1]["Id"], at=datetime.fromisoformat("2026-11-02T00:00:00Z"))
+    target = Target(sandbox, tmp_path, postgres)
+    target.sync()
+    assert_items_equal_truth(target)
+
+    expected: dict[tuple, list] = {}
+    gross_by_order: dict[str, Decimal] = {}
+    for item in sandbox.order_items():
+        if item["AccountingState"] == "Canceled":
+            continue
+        consumed = datetime.fromisoformat(item["ConsumedUtc"]).astimezone(
+            zones[item["EnterpriseId"]]
+        )
+        data = item["Data"]
+        product = (data.get("Product") or data.get("Rebate"))["ProductId"]
+        key = (item["EnterpriseId"], consumed.date(), product, item["Amount"]["Currency"])
+        row = expected.setdefault(key, [0, Decimal(0), Decimal(0)])
+        row[0] += 1
+        row[1] += amount(item["Amount"]["NetValue"])
+        row[2] += amount(item["Amount"]["GrossValue"])
+        order = item["ServiceOrderId"]
+        gross_by_order[order] = gross_by_order.get(order, 0) + amount(item["Amount"]["GrossValue"])
+    rows = target.rows(
+        "select enterprise_id, day, product_id, currency, items, net_value, gross_value "
+        "from mews.revenue_daily"
+    )
+    assert {r[:4]: list(r[4:]) for r in rows} == expected
+    assert len(rows) == len(expected)
+    prague_days = {r[1] for r in rows if r[0] == sandbox_enterprise(sandbox, prague)}
+    assert prague_days >= set(PRAGUE_ORDERS.values())  # each local midnight on its own day
+    assert any(r[6] < 0 for r in rows)  # the rebate, on its own day, as a negative amount
+    totals = dict(target.rows("select id, gross_total from mews.orders_current"))
+    canceled_order = items[-1]["ServiceOrderId"]
+    gross_by_order.setdefault(canceled_order, Decimal(0))  # its only item is canceled
+    assert totals == gross_by_order
+
+
+def sandbox_enterprise(sandbox: Sandbox, service_id: str) -> str:
+    return next(s["EnterpriseId"] for s in sandbox.services() if s["Id"] == service_id)

@@ -122,6 +122,7 @@ def wait_for_orders_request(sandbox: Sandbox, services: set[str], after: int) ->
 def test_three_properties_load_one_destination_at_once(tmp_path, postgres):
     sandbox = Sandbox.generate(orders=3000, seed=21)
     sandbox.client_token = CLIENT_TOKEN
+    sandbox.config.faults = Faults(latency_s=0.1)  # reading lasts longer than a start-up
     enterprises = group(sandbox)
     with serve(sandbox) as url:
         # Exactly the changes: no overlap, no notes refresh (changes are stamped after a run).

@@ -145,6 +145,16 @@ def test_heavy_requests_get_408(mews_call: Any) -> None:
     assert "fewer" in heavy_notes.json()["Message"]
 
 
+def test_with_heavy_ids_a_long_id_list_is_heavy_too(mews_call: Any) -> None:
+    ids = [f"o{i}" for i in range(101)]
+    pages = Sandbox(config=SandboxConfig(faults=Faults(heavy_count=100)))
+    assert mews_call(pages, NOTES, ServiceOrderIds=ids, Limitation=LIMIT).status_code == 200
+    both = Sandbox(config=SandboxConfig(faults=Faults(heavy_count=100, heavy_ids=True)))
+    assert mews_call(both, NOTES, ServiceOrderIds=ids, Limitation=LIMIT).status_code == 408
+    assert mews_call(both, NOTES, ServiceOrderIds=ids[:100], Limitation=LIMIT).status_code == 200
+    assert mews_call(both, SERVICES, Limitation={"Count": 101}).status_code == 408
+
+
 @pytest.mark.parametrize("then_408", [False, True])
 def test_heavy_requests_can_stall_and_then_answer(mews_call: Any, then_408: bool) -> None:
     faults = Faults(heavy_count=100, stall_heavy_s=0.4, stall_then_408=then_408)

@@ -3,11 +3,14 @@
 `product_service_orders` walks `productServiceOrders/getAll` in UpdatedUtc windows of at most
 three months from a per-service watermark kept in dlt's state; `service_order_notes` fetches the
 notes of every page of orders it got; `services` names the services the orders belong to.
+`order_items` walks `orderItems/getAll` the same way from watermarks of its own (an item can
+change while its order does not), and `products` reads the services' products whole.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from .client import (
     MewsApiError,
     MewsClient,
     MewsConfigError,
+    RequestSizes,
     format_utc,
 )
 from .refresh import done_up_to, plan_refresh, sweep_share
@@ -41,6 +45,7 @@ from .settings import (
     MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_RETRY_AFTER_SECONDS,
+    MAX_SECONDS_PER_LOAD,
     MAX_WINDOW_MONTHS,
     ORDERS_PER_ITEM,
     PAGE_SIZE,
@@ -49,10 +54,13 @@ from .settings import (
     RATE_LIMIT_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
 )
+from .steps import WindowPace, step_is_over, window_seconds
 from .tables import (
     ENTERPRISE_COLUMNS,
     NOTE_COLUMNS,
     ORDER_COLUMNS,
+    ORDER_ITEM_COLUMNS,
+    PRODUCT_COLUMNS,
     SERVICE_COLUMNS,
     raw_schema,
     to_table,
@@ -64,6 +72,7 @@ __all__ = [
     "SourceStats",
     "mews_source",
     "pending_work",
+    "stored_request_sizes",
     "walk_windows",
     "parse_utc",
 ]
@@ -74,6 +83,8 @@ log = logging.getLogger("mews_sync")
 # stored: dlt's merge deletes an order's stored notes by `service_order_id` only when the load
 # carries a row with that id, and an order whose notes were all deleted has none.
 NOTE_MARKER_COLUMN = "_mews_order_without_notes"
+# Key of the source state that keeps the request sizes Mews answers in time (RequestSizes.saved).
+REQUEST_SIZES_STATE = "request_sizes"
 
 
 @dataclass
@@ -95,6 +106,8 @@ class SourceStats(Counters):
     refresh_days: float = 0.0  # the refresh period (0: off)
     orders: int = 0
     notes: int = 0
+    items: int = 0  # order items read (an item read in two windows counts twice)
+    products: int = 0
     end: datetime | None = None  # where the windows end: `end_date`, or Mews' clock
 
 
@@ -113,6 +126,8 @@ def mews_source(
     rate_limit_seconds: float = RATE_LIMIT_SECONDS,
     page_size: int = PAGE_SIZE,
     max_orders_per_load: int | None = MAX_ORDERS_PER_LOAD,
+    max_seconds_per_load: float | None = MAX_SECONDS_PER_LOAD,
+    window_pace: WindowPace | None = None,
     notes_refresh_days: float = DEFAULT_NOTES_REFRESH_DAYS,
     max_retries: int = MAX_RETRIES,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
@@ -124,6 +139,7 @@ def mews_source(
     transport: Any = None,
     stats: ClientStats | None = None,
     source_stats: SourceStats | None = None,
+    request_sizes: RequestSizes | None = None,
 ) -> Sequence[DltResource]:
     """Mews product service orders, their notes and their services.
 
@@ -136,10 +152,15 @@ def mews_source(
     destination (`pipeline.run(mews_source())` is enough).
 
     With `max_orders_per_load`, a run stops after the window in which it read that many
-    orders and says so in its state (`pending_work(pipeline.state)`); running it again goes
-    on from there. `end_date` (default: Mews' clock when it listed the services, kept in
-    `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox in-process;
-    `stats` and `source_stats` collect what the API client and the source did.
+    orders, and with `max_seconds_per_load` at a window end about that many seconds after it
+    began (windows are split to take a quarter of it, at the pace `window_pace` learned, see
+    `steps.py`); it says so in its state (`pending_work(pipeline.state)`), and running it
+    again goes on from there. `end_date` (default: Mews' clock when it listed the services,
+    kept in `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox
+    in-process; `stats` and `source_stats` collect what the API client and the source did.
+    `request_sizes`: what the run learned so far of the sizes Mews answers in time
+    (shared by its steps; `stored_request_sizes` gives what the last run kept); without it
+    the orders resource starts from the state when it starts.
 
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
@@ -177,6 +198,8 @@ def mews_source(
         )
     types = check_note_types(note_types)
     counts = source_stats if source_stats is not None else SourceStats()
+    pace = window_pace if window_pace is not None else WindowPace()
+    seconds = window_seconds(max_seconds_per_load) if max_seconds_per_load else None
 
     api = MewsClient(
         platform_url,
@@ -191,6 +214,7 @@ def mews_source(
         timeout=request_timeout_seconds,
         max_retry_after_seconds=max_retry_after_seconds,
         stats=stats,
+        sizes=request_sizes,
     )
 
     @cache
@@ -233,23 +257,18 @@ def mews_source(
         """Yields typed tables (a few pages each) of the orders updated since each service's
         watermark, or in the backfill's range."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        # What this run learns of the sizes Mews answers in time, for its next steps and runs.
+        api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
         state = dlt.current.resource_state()
         watermarks: dict[str, str] = state.setdefault("watermarks", {})
         if backfill:
             # A backfill leaves the watermarks alone; its own progress is kept apart, so a
             # backfill in steps (or one that was killed) goes on where it stopped.
-            progress = state.get("backfill") or {}
-            wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
-            begin = (
-                parse_utc(progress["done_to"], "state")
-                if progress.get("range") == wanted
-                else backfill[0]
-            )
-            state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
+            begin = backfill_begin(state, backfill, end)
             # An --end in the future reads up to now, nothing being newer: to the end of the
             # current second (`now` has none), or to the run's end if that is later.
             until = min(backfill[1], max(end, now + timedelta(seconds=1)))
-            plan = [(ids, w) for w in walk_windows(begin, until)]
+            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
         else:
             groups = group_by_start(ids, watermarks, start, overlap)
             plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
@@ -260,9 +279,12 @@ def mews_source(
                 span = min(w[0] for _, w in plan), max(w[1] for _, w in plan)
                 counts.work_span = span
                 counts.work_total = sum(window_work(w, span) for _, w in plan)
-        orders_before = counts.orders
-        for group, window in plan:
-            if max_orders_per_load and counts.orders - orders_before >= max_orders_per_load:
+        orders_before, step_started = counts.orders, time.monotonic()
+        windows = ((group, w) for group, planned in plan for w in pace.split(planned, seconds))
+        for group, window in windows:
+            if (
+                max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
+            ) or step_is_over(step_started, max_seconds_per_load):
                 # Enough for one load: the state says there is more (`pending_work`), so a
                 # long history loads in steps of bounded memory and a kill loses one step.
                 if not backfill:  # a backfill's own progress says so
@@ -290,7 +312,7 @@ def mews_source(
             yield to_table([], ORDER_COLUMNS)
         state.pop("pending", None)
         if backfill:
-            state.pop("backfill", None)
+            state["backfill"] = {"done_in_run_ending": format_utc(end)}
         else:
             # Also services whose windows were all empty ranges: this run covered them to `end`.
             for service_id in ids:
@@ -390,6 +412,74 @@ def mews_source(
         # One item per table of orders: dlt's cost is per item, not per row.
         return with_keys_required(concat([*notes, markers]))
 
+    @dlt.resource(write_disposition="merge", primary_key="id")
+    def products() -> Iterator[pa.Table]:
+        """Yields one table of every product of the synced services, read whole each run
+        (default products included): id, service_id, name, category, price, timestamps."""
+        ids = [s["Id"] for s in sync_services()]
+        found = [product_row(p) for page in api.products(ids, enterprise_ids) for p in page]
+        counts.add(products=len(found))
+        yield to_table(found, PRODUCT_COLUMNS)  # empty, the table still exists
+
+    # Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
+    # so keeping each item's latest version read is the whole copy.
+    @dlt.resource(
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        columns={"updated_utc": {"dedup_sort": "desc"}},
+    )
+    def order_items() -> Iterator[pa.Table]:
+        """Yields typed tables of the order items updated (their own UpdatedUtc) since each
+        service's item watermark, or in the backfill's range, up to the run's end.
+
+        Its state is its own, kept like the orders': `watermarks` per service, `pending` when
+        it stopped after `max_orders_per_load` items, `backfill` progress."""
+        ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
+        state = dlt.current.resource_state()
+        watermarks: dict[str, str] = state.setdefault("watermarks", {})
+        if backfill:
+            begin = backfill_begin(state, backfill, end)
+            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
+            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
+        else:
+            groups = group_by_start(ids, watermarks, start, overlap)
+            plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
+        read = 0
+        for group, window in plan:
+            if max_orders_per_load and read >= max_orders_per_load:
+                if not backfill:
+                    state["pending"] = True
+                return
+            for table in items_in(group, window):
+                read += table.num_rows
+                yield table
+            if backfill:
+                state["backfill"]["done_to"] = format_utc(window[1])
+            else:
+                for service_id in group:
+                    watermarks[service_id] = format_utc(window[1])
+        if not read:
+            yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
+        state.pop("pending", None)
+        if backfill:
+            state["backfill"] = {"done_in_run_ending": format_utc(end)}
+        else:
+            for service_id in ids:
+                watermarks[service_id] = format_utc(end)
+
+    def items_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
+        """Tables of the items of one window; pages that come again are kept (the merge or
+        the compaction keeps one row per item)."""
+        batch: list[pa.Table] = []
+        for page in api.order_items(ids, *window, enterprise_ids):
+            counts.add(items=len(page))
+            batch.append(to_table([item_row(i) for i in page], ORDER_ITEM_COLUMNS))
+            if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
+                yield concat(batch)
+                batch = []
+        if batch:
+            yield concat(batch)
+
     # The services are read when the source is made: a wrong address, refused tokens or a
     # configured service Mews does not list stop a run before anything is locked or written.
     sync_services()
@@ -399,15 +489,51 @@ def mews_source(
     # earlier: what lies past the end is read by the next run, which starts at it or before.
     end = given_end or api.mews_now().replace(microsecond=0)
     counts.end = end
-    return services, enterprises, product_service_orders, service_order_notes
+    return (
+        services,
+        enterprises,
+        product_service_orders,
+        service_order_notes,
+        order_items,
+        products,
+    )
+
+
+def backfill_begin(
+    state: dict[str, Any], backfill: tuple[datetime, datetime], end: datetime
+) -> datetime | None:
+    """Where a resource's backfill goes on: where a step (or a killed run) of the same range
+    stopped, or its start; None when an earlier step of this run (the same `end`) finished
+    it, so that the steps another resource (orders, items) still needs do not read it again."""
+    progress = state.get("backfill") or {}
+    if progress.get("done_in_run_ending") == format_utc(end):
+        return None
+    wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
+    begin = (
+        parse_utc(progress["done_to"], "state")
+        if progress.get("range") == wanted and progress.get("done_to")
+        else backfill[0]
+    )
+    state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
+    return begin
+
+
+def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | None:
+    """What the last run kept of the request sizes Mews answers in time, for
+    `RequestSizes.restore`."""
+    return pipeline_state.get("sources", {}).get("mews", {}).get(REQUEST_SIZES_STATE)
 
 
 def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool:
     """Whether the last run (or backfill) of the source stopped early, after
-    `max_orders_per_load` orders, and running it again goes on from there."""
+    `max_orders_per_load` orders or `max_seconds_per_load`, and running it again goes on from
+    there."""
     resources = pipeline_state.get("sources", {}).get("mews", {}).get("resources", {})
     orders = resources.get("product_service_orders", {})
-    return bool(orders.get("backfill") if backfill else orders.get("pending"))
+    items = resources.get("order_items", {})
+    if backfill:
+        return any((r.get("backfill") or {}).get("range") for r in (orders, items))
+    return bool(orders.get("pending") or items.get("pending"))
 
 
 def parse_state_time(value: str) -> datetime:
@@ -436,6 +562,41 @@ def service_row(service: dict[str, Any]) -> dict[str, Any]:
         "CreatedUtc": service.get("CreatedUtc"),
         "UpdatedUtc": service.get("UpdatedUtc"),
     }
+
+
+def item_row(item: dict[str, Any]) -> dict[str, Any]:
+    """An order item with the product it sold (`Data.Product.ProductId`, or for a rebate
+    `Data.Rebate.ProductId`) and the item a rebate rebates lifted to the top."""
+    data = item.get("Data") if isinstance(item.get("Data"), dict) else {}
+    product = data.get("Product") if isinstance(data.get("Product"), dict) else {}
+    rebate = data.get("Rebate") if isinstance(data.get("Rebate"), dict) else {}
+    return {
+        **item,
+        "ProductId": product.get("ProductId") or rebate.get("ProductId"),
+        "RebatedItemId": rebate.get("RebatedItemId"),
+    }
+
+
+def product_row(product: dict[str, Any]) -> dict[str, Any]:
+    """A product with its English (or first) name, as services are named; the other name
+    maps (ExternalNames, ShortNames, Descriptions) and the options are left out."""
+    names = product.get("Names") if isinstance(product.get("Names"), dict) else {}
+    name = names.get("en-US") or next(iter(names.values()), None)
+    return {c: product.get(c) for c in PRODUCT_FIELDS} | {"Name": name}
+
+
+PRODUCT_FIELDS = (
+    "Id",
+    "ServiceId",
+    "CategoryId",
+    "AccountingCategoryId",
+    "IsActive",
+    "ChargingMode",
+    "PostingMode",
+    "Price",
+    "CreatedUtc",
+    "UpdatedUtc",
+)
 
 
 def window_work(window: tuple[datetime, datetime], span: tuple[datetime, datetime]) -> float:

@@ -66,6 +66,7 @@ from .settings import (
     REQUEST_TIMEOUT_SECONDS,
     SERVICES_OPERATION,
 )
+from .sizes import RequestSizes
 
 __all__ = [
     "ClientStats",
@@ -77,6 +78,7 @@ __all__ = [
     "MewsError",
     "MewsResponseError",
     "MewsUnavailableError",
+    "RequestSizes",
     "RequestTimedOutError",
     "RequestTooHeavyError",
     "SlidingWindowLimiter",
@@ -86,7 +88,33 @@ __all__ = [
 # A page of items: decoded objects, or an Arrow table of the fields the caller asked for.
 Page = list[dict[str, Any]] | pa.Table
 Interval = tuple[datetime, datetime]  # [start, end) of UpdatedUtc
+OrdersPart = tuple[list[str], Interval]  # the services and the interval of an orders request
 Part = TypeVar("Part")  # what a request asks for that can be halved: ids, an interval
+
+# The filter that holds the ids a request asks about, for its size (see RequestSizes). A
+# configured EnterpriseIds filter is not split: it is as the operator set it.
+ID_FILTERS = {
+    ORDERS_OPERATION: "ServiceIds",
+    NOTES_OPERATION: "ServiceOrderIds",
+    SERVICES_OPERATION: "ServiceIds",
+    ENTERPRISES_OPERATION: "EnterpriseIds",
+    ORDER_ITEMS_OPERATION: "ServiceIds",
+    PRODUCTS_OPERATION: "ServiceIds",
+}
+
+
+class TooManyIdsError(RequestTooHeavyError):
+    """A request that would hold more ids than Mews answers in time; never sent: the caller
+    asks for fewer."""
+
+    def __init__(self, operation: str, ids: int, ceiling: int):
+        MewsError.__init__(
+            self,
+            f"Mews {operation} answers no more than {ceiling} ids in time at the moment, and "
+            f"this request had {ids}: try again later.",
+        )
+        self.operation, self.status, self.api_message = operation, 408, "too many ids"
+        self.request_id, self.transient = None, True
 
 
 @dataclass
@@ -406,6 +434,7 @@ class MewsClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         stats: ClientStats | None = None,
+        sizes: RequestSizes | None = None,
     ):
         for name, token in (("CLIENT_TOKEN", client_token), ("ACCESS_TOKEN", access_token)):
             if not isinstance(token, str) or not token.strip():
@@ -415,7 +444,9 @@ class MewsClient:
         self._tokens = {"ClientToken": client_token.strip(), "AccessToken": access_token.strip()}
         self.client_name = client or DEFAULT_CLIENT
         self.page_size, self.timeout = page_size, timeout
-        self._page_sizes: dict[str, int] = {}  # per operation, once a 408 asked for less
+        # The request sizes Mews answers in time, for every operation and thread: a caller
+        # may pass what an earlier client learned.
+        self.sizes = sizes if sizes is not None else RequestSizes()
         self._page_readers: dict[str, ArrowPageReader] = {}
         self.max_retries, self.backoff_base, self.backoff_max = (
             max_retries,
@@ -611,28 +642,40 @@ class MewsClient:
 
         The end is a null cursor or an empty page, never a short page alone: a server that
         filters after paging returns short pages mid-walk (the guideline says a short page
-        "implies" the end; it does not promise it). A 408 (or a timeout) halves the page size
-        of this operation for the rest of the client's life, down to MIN_PAGE_SIZE: a server
-        that stalls on big pages would otherwise cost a timeout on every walk. With
-        `item_schema`, a page whose items
-        have those fields with those types comes as an Arrow table (see `ArrowPageReader`).
+        "implies" the end; it does not promise it). A 408 (or a timeout) halves the page of the
+        walk, down to MIN_PAGE_SIZE, and teaches `sizes`, which caps every later request of
+        the client: a server that stalls on big pages would otherwise cost a timeout on every
+        walk and in every thread.
+        More ids than `sizes` allows raise RequestTooHeavyError before anything is sent: the
+        caller asks for fewer (`_ask_for_less`). With `item_schema`, a page whose items have
+        those fields with those types comes as an Arrow table (see `ArrowPageReader`).
         """
         items_key = ITEMS_KEY[operation]
         arrow_pages = self._arrow_pages(operation, item_schema) if item_schema else None
-        count, cursor = self._page_sizes.get(operation, self.page_size), None
+        ids = len(filters.get(ID_FILTERS[operation]) or ())
+        count, cursor = self.page_size, None
         short = False  # the previous page had fewer items than asked for
         while True:
+            count = min(count, self.sizes.ceiling)
+            if ids > self.sizes.ceiling:
+                raise TooManyIdsError(operation, ids, self.sizes.ceiling)
             limitation: dict[str, Any] = {"Count": count}
             if cursor:
                 limitation["Cursor"] = cursor
+            size = max(count, ids)
             try:
-                data = self.post(operation, {**filters, "Limitation": limitation}, arrow_pages)
+                data = self._post_sized(
+                    operation, {**filters, "Limitation": limitation}, arrow_pages, size, ids
+                )
             except RequestTooHeavyError:
                 if count <= MIN_PAGE_SIZE:
-                    raise
+                    raise  # no smaller page to ask for: the caller asks for fewer ids or days
+                # This walk asks for half, whatever `sizes` learned of it (it may have taken
+                # it for a passing overload); more ids than its ceiling are split above.
                 count = max(MIN_PAGE_SIZE, count // 2)
-                self._page_sizes[operation] = min(count, self._page_sizes.get(operation, count))
                 continue
+            if data is None:
+                continue  # another request lowered the size while this one waited its turn
             items = data.get(items_key)
             if not isinstance(items, pa.Table) and (
                 not isinstance(items, list) or not all(isinstance(i, dict) for i in items)
@@ -653,6 +696,35 @@ class MewsClient:
             if next_cursor == cursor:
                 raise MewsResponseError(f"Mews {operation} returned the same cursor twice.")
             cursor, short = next_cursor, len(items) < count
+
+    def _post_sized(
+        self,
+        operation: str,
+        payload: dict[str, Any],
+        arrow_pages: ArrowPageReader | None,
+        size: int,
+        ids: int,
+    ) -> dict[str, Any] | None:
+        """`post` of a request of `size` with `ids` ids, in its turn among large requests (see
+        RequestSizes), teaching `sizes` what came of it; None, unsent, when its size is over
+        the ceiling once its turn comes."""
+        with self.sizes.turn(size) as within:
+            if not within:
+                return None
+            try:
+                data = self.post(operation, payload, arrow_pages)
+            except RequestTooHeavyError:
+                self.sizes.too_heavy(size)  # before the next large request takes its turn
+                raise
+            items = data.get(ITEMS_KEY[operation])
+            carried = len(items) if isinstance(items, list | pa.Table) else 0
+            # An answer proves the size of what it carried: a page of 1,000 that held the 18
+            # services says nothing of a page of 1,000 orders.
+            self.sizes.answered_in_time(max(ids, carried))
+            return data
+
+    def _ids_per_request(self) -> int:
+        return min(MAX_IDS_PER_REQUEST, self.sizes.ceiling)
 
     def _arrow_pages(self, operation: str, item_schema: pa.Schema) -> ArrowPageReader:
         """The operation's reader, which keeps what it learned of added fields across walks."""
@@ -731,13 +803,25 @@ class MewsClient:
         if asks_for_nothing(service_ids, enterprise_ids):
             return
         updated_from, updated_to = whole_seconds((updated_from, updated_to))
-        for filters in id_filters(ServiceIds=service_ids, EnterpriseIds=enterprise_ids):
+        for filters in id_filters(EnterpriseIds=enterprise_ids):
             walk = partial(self._updated_in, operation, filters, item_schema)
+            yield from self._walk_windows(walk, service_ids, updated_from, updated_to)
+
+    def _walk_windows(
+        self,
+        walk: Callable[[OrdersPart], Iterator[Page]],
+        service_ids: list[str],
+        updated_from: datetime,
+        updated_to: datetime,
+    ) -> Iterator[Page]:
+        """`walk` over batches of services (as many as Mews answers in time) and windows of
+        [updated_from, updated_to), each window asked for less when it is too heavy."""
+        for services in chunked(service_ids, self._ids_per_request()):
             start = updated_from
             while start < updated_to:
                 window = (start, min(self.window_end(start), updated_to))
                 try:
-                    yield from self._ask_for_less(walk, window, halve_interval)
+                    yield from self._ask_for_less(walk, (services, window), self._halve_orders)
                 except IntervalTooLongError:
                     # Mews counts "3 months" more strictly than we did. Going straight to the
                     # strictest reading (not first to "< 3 months", then to 90 days) costs at
@@ -761,10 +845,11 @@ class MewsClient:
         operation: str,
         filters: dict[str, Any],
         item_schema: pa.Schema | None,
-        window: Interval,
+        part: OrdersPart,
     ) -> Iterator[Page]:
+        services, window = part
         interval = {"StartUtc": format_utc(window[0]), "EndUtc": format_utc(window[1])}
-        filters = {**filters, "UpdatedUtc": interval}
+        filters = {"ServiceIds": services, **filters, "UpdatedUtc": interval}
         try:
             yield from self.iter_pages(operation, filters, item_schema)
         except MewsApiError as error:
@@ -775,6 +860,16 @@ class MewsClient:
             raise IntervalTooLongError(
                 error.operation, error.status, error.api_message, error.request_id
             ) from error
+
+    def _halve_orders(self, part: OrdersPart) -> tuple[OrdersPart, OrdersPart] | None:
+        """Halves of the services when they are more than Mews answers in time (learned while
+        they were walked), else of the interval."""
+        services, window = part
+        if len(services) > self.sizes.ceiling and (ids := halve_ids(services)):
+            return (ids[0], window), (ids[1], window)
+        if (halves := halve_interval(window)) is None:
+            return None
+        return (services, halves[0]), (services, halves[1])
 
     def service_order_notes(
         self,
@@ -798,7 +893,7 @@ class MewsClient:
             if types:
                 filters["Types"] = types
             walk = partial(self._notes_of, filters, item_schema)
-            for orders in chunked(order_ids):
+            for orders in chunked(order_ids, self._ids_per_request()):
                 yield from self._ask_for_less(walk, orders, halve_ids)
 
     def _notes_of(
@@ -814,8 +909,9 @@ class MewsClient:
         halve: Callable[[Part], tuple[Part, Part] | None],
     ) -> Iterator[Page]:
         """The pages of `walk(part)`; when even its smallest page is too heavy (`iter_pages`
-        already shrank the page), the pages of each of the two halves `halve(part)` gives, and
-        so on down to where `halve` gives None. Pages yielded before a split come again.
+        already shrank the page), or it holds more ids than Mews answers in time, the pages of
+        each of the two halves `halve(part)` gives, and so on down to where `halve` gives None.
+        Pages yielded before a split come again.
 
         The one place a request asks for less than it did: a 408 says retrying the same
         request is not the fix.

@@ -42,6 +42,10 @@ MIN_WINDOW = timedelta(minutes=1)
 # 122,880 rows): a smaller append leaves row groups that DuckDB's next checkpoint merges with
 # the previous step's last one, writing the step twice (0.8 s of CPU per 250,000 orders).
 MAX_ORDERS_PER_LOAD = 400_000
+# ... and at most about this many seconds of fetching: what a killed run loses (SIGKILL, or a
+# stop by SIGTERM or Ctrl-C). Each step costs its normalize and load (1.3 to 2 s for a small
+# step on DuckDB, measured on the 2-core machine) and 4 requests (services, enterprises).
+MAX_SECONDS_PER_LOAD = 60.0
 
 DEFAULT_CLIENT = "mews-sync 0.1.0"
 # Mews started in 2012: nothing can be older, and empty windows cost one request each.
@@ -76,3 +80,8 @@ BACKOFF_MAX_SECONDS = 60.0
 # services/getAll: current responses discriminate with Data.Discriminator, older ones with Type.
 PRODUCT_SERVICE_DISCRIMINATOR = "Additional"
 LEGACY_SERVICE_TYPES = {"Orderable": "Additional", "Reservable": "Bookable"}
+
+# A request size learned from timeouts or 408s (see sizes.py) is probed again at the full size
+# after this long: one request, so a slow day costs at most one timeout a day afterwards, and
+# does not cap a hotel for good.
+REQUEST_SIZE_PROBE_AFTER = timedelta(days=1)

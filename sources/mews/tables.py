@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -21,6 +22,12 @@ from .client import MewsResponseError
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 STRING = pa.string()
+# Amounts: exact decimals, never floats. 12 decimals hold every amount Mews documents (its
+# examples have 0 to 4) and 26 integer digits any total; dlt makes it DECIMAL(38,12) in
+# DuckDB and numeric(38,12) in PostgreSQL. A value with more decimals (a float Mews computed)
+# is rounded half-even to 12, far below any currency's unit.
+AMOUNT_SCALE = 12
+AMOUNT = pa.decimal128(38, AMOUNT_SCALE)
 _naming = NamingConvention()
 
 
@@ -90,6 +97,71 @@ ENTERPRISE_COLUMNS = [
     col("short_name", "ShortName"),
     col("chain_name", "ChainName"),
     col("time_zone_identifier", "TimeZoneIdentifier"),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    col("updated_utc", "UpdatedUtc", TIMESTAMP),
+]
+
+
+def amount_columns(prefix: str, api: str) -> list[Column]:
+    """An Amount object (`Currency`, `NetValue`, `GrossValue`, `TaxValues`, `Breakdown`):
+    the values typed, the tax lists as JSON text (see the data dictionary)."""
+    return [
+        col(f"{prefix}__currency", f"{api}.Currency"),
+        col(f"{prefix}__net_value", f"{api}.NetValue", AMOUNT),
+        col(f"{prefix}__gross_value", f"{api}.GrossValue", AMOUNT),
+        col(f"{prefix}__tax_values", f"{api}.TaxValues"),
+        col(f"{prefix}__breakdown", f"{api}.Breakdown"),
+    ]
+
+
+# ProductId and RebatedItemId sit two objects deep in Data: `item_row` lifts them.
+ORDER_ITEM_COLUMNS = [
+    col("id", "Id"),
+    col("service_order_id", "ServiceOrderId"),
+    col("service_id", "ServiceId"),
+    col("enterprise_id", "EnterpriseId"),
+    col("account_id", "AccountId"),
+    col("account_type", "AccountType"),
+    col("bill_id", "BillId"),
+    col("accounting_category_id", "AccountingCategoryId"),
+    col("billing_name", "BillingName"),
+    col("external_identifier", "ExternalIdentifier"),
+    col("notes", "Notes"),
+    col("type", "Type"),
+    col("revenue_type", "RevenueType"),
+    col("accounting_state", "AccountingState"),
+    col("unit_count", "UnitCount", pa.int64()),
+    *amount_columns("unit_amount", "UnitAmount"),
+    *amount_columns("amount", "Amount"),
+    *amount_columns("original_amount", "OriginalAmount"),
+    col("product_id", "ProductId"),
+    col("rebated_item_id", "RebatedItemId"),
+    col("data__discriminator", "Data.Discriminator"),
+    col("data__product", "Data.Product"),
+    col("data__rebate", "Data.Rebate"),
+    col("options__canceled_with_reservation", "Options.CanceledWithReservation", pa.bool_()),
+    col("creator_profile_id", "CreatorProfileId"),
+    col("updater_profile_id", "UpdaterProfileId"),
+    col("created_utc", "CreatedUtc", TIMESTAMP),
+    col("updated_utc", "UpdatedUtc", TIMESTAMP),
+    col("consumed_utc", "ConsumedUtc", TIMESTAMP),
+    col("closed_utc", "ClosedUtc", TIMESTAMP),
+    col("canceled_utc", "CanceledUtc", TIMESTAMP),
+    col("start_utc", "StartUtc", TIMESTAMP),
+    col("claimed_utc", "ClaimedUtc", TIMESTAMP),
+]
+
+# Rows of `product_row`: the name picked from Names, the other language maps left out.
+PRODUCT_COLUMNS = [
+    col("id", "Id"),
+    col("service_id", "ServiceId"),
+    col("name", "Name"),
+    col("category_id", "CategoryId"),
+    col("accounting_category_id", "AccountingCategoryId"),
+    col("is_active", "IsActive", pa.bool_()),
+    col("charging_mode", "ChargingMode"),
+    col("posting_mode", "PostingMode"),
+    *amount_columns("price", "Price"),
     col("created_utc", "CreatedUtc", TIMESTAMP),
     col("updated_utc", "UpdatedUtc", TIMESTAMP),
 ]
@@ -266,6 +338,8 @@ def _typed_array(values: list[Any] | pa.Array, type: pa.DataType, name: str) -> 
         return pa.array([_parse_timestamp(v, name) for v in values], TIMESTAMP)
     if type == pa.string():
         return pa.array([None if v is None else _as_text(v) for v in values], type)
+    if pa.types.is_decimal(type):
+        return pa.array([_as_decimal(v, name) for v in values], type)
     raise MewsResponseError(f"Mews sent a value for {name} that is not a {type}: fix or report it.")
 
 
@@ -280,6 +354,18 @@ def _parse_timestamp(value: Any, name: str) -> datetime | None:
             f"Mews sent {name} = {str(value)[:40]!r}, which is not an ISO 8601 timestamp."
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _as_decimal(value: Any, name: str) -> Decimal | None:
+    """A JSON number as the decimal its text was: a float's repr is the shortest text that
+    reads back as it, which is the text Mews sent (up to 15 significant digits)."""
+    if value is None:
+        return None
+    try:
+        exact = Decimal(repr(value) if isinstance(value, float) else str(value))
+        return exact.quantize(Decimal(1).scaleb(-AMOUNT_SCALE))
+    except (InvalidOperation, ValueError):
+        raise MewsResponseError(f"Mews sent {name} = {str(value)[:40]!r}, not a number.") from None
 
 
 def _inferred_array(values: list[Any]) -> pa.Array:
