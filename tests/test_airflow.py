@@ -285,7 +285,7 @@ def test_airflow_3_loads_each_property_in_a_task_of_its_own_into_one_postgres_da
 
 def test_the_cli_reads_airflow_variables_only_when_asked_to(airflow_env, tmp_path):
     """In an environment with Airflow, dlt's Airflow secrets provider makes a no-change run
-    2.5 times slower; `mews-sync` turns it off unless PROVIDERS__ENABLE_AIRFLOW_SECRETS says."""
+    about twice as slow; `mews-sync` turns it off unless PROVIDERS__ENABLE_AIRFLOW_SECRETS says."""
     sandbox = lagging_sandbox(orders=50, seed=48)
     token = f'[sources.mews]\naccess_token = "{DEMO_PORTFOLIO_ACCESS_TOKEN}"\n'
     mews_sync = str(airflow_command().parent / "mews-sync")
