@@ -27,6 +27,20 @@ def lagging_sandbox(orders: int, seed: int) -> Sandbox:
     return sandbox
 
 
+def change_orders_and_notes(sandbox, orders: int = 50) -> None:
+    """Orders changed and added, a note edited, one deleted, and every note of one order."""
+    existing = truth_orders(sandbox)
+    for order in existing[:orders]:
+        sandbox.update_order(order[0], State="Processed")
+    sandbox.add_order(existing[0][1])
+    by_order = notes_by_order(sandbox)
+    several = sorted(o for o, ids in by_order.items() if len(ids) >= 2)
+    sandbox.update_note(by_order[several[0]][0], "Edited")
+    sandbox.delete_note(by_order[several[1]][0])
+    for note_id in by_order[several[2]]:
+        sandbox.delete_note(note_id)
+
+
 class FakeClock:
     """Time that passes only when someone sleeps: for the client's and limiter's `clock` and
     `sleep`, so that tests of waiting take no time and always wait alike."""

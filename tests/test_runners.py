@@ -14,29 +14,14 @@ from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
+    change_orders_and_notes,
     lagging_sandbox,
-    notes_by_order,
-    truth_orders,
 )
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, SandboxTransport, serve
 from sources.mews import mews_source
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def change_orders_and_notes(sandbox, orders: int = 50) -> None:
-    """Orders changed and added, a note edited, one deleted, and every note of one order."""
-    existing = truth_orders(sandbox)
-    for order in existing[:orders]:
-        sandbox.update_order(order[0], State="Processed")
-    sandbox.add_order(existing[0][1])
-    by_order = notes_by_order(sandbox)
-    several = sorted(o for o, ids in by_order.items() if len(ids) >= 2)
-    sandbox.update_note(by_order[several[0]][0], "Edited")
-    sandbox.delete_note(by_order[several[1]][0])
-    for note_id in by_order[several[2]]:
-        sandbox.delete_note(note_id)
 
 
 def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tmp_path, postgres):
@@ -149,3 +134,22 @@ def test_dlt_pipeline_info_finds_the_pipeline_with_the_command_status_prints(tmp
     assert listed.returncode == 0 and "mews_sync" in listed.stdout
     pipelines = env_dir / "pipelines"
     assert not pipelines.exists() or not list(pipelines.iterdir())  # nothing under another name
+
+
+def test_the_airflow_recipe_retries_only_what_a_later_try_can_fix():
+    """Mews unavailable (exit 4) or the destination busy (exit 5): Airflow retries. A
+    configuration error, a refusal or a bug: the task fails at once."""
+    from pipelines.lock import SyncBusyError
+    from sources.errors import MewsApiError, MewsConfigError, MewsUnavailableError
+
+    retry_can_help = load_recipe().retry_can_help
+    wrapped = RuntimeError("a dlt step failed")
+    wrapped.__cause__ = MewsUnavailableError("Mews did not answer")
+
+    assert retry_can_help(MewsUnavailableError("Mews did not answer"))
+    assert retry_can_help(wrapped)
+    assert retry_can_help(SyncBusyError("another run is loading"))
+    assert retry_can_help(MewsApiError("services/getAll", 503, "down"))
+    assert not retry_can_help(MewsConfigError("SOURCES__MEWS__START_DATE is not a date."))
+    assert not retry_can_help(MewsApiError("services/getAll", 401, "Invalid AccessToken"))
+    assert not retry_can_help(ZeroDivisionError())
