@@ -13,13 +13,12 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 import dlt
-import pendulum
 import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.sources import DltResource
@@ -32,6 +31,18 @@ from .client import (
     MewsConfigError,
     RequestSizes,
     format_utc,
+)
+from .planning import (
+    Planned,
+    group_by_start,
+    mark_finished,
+    mark_read,
+    mark_step_over,
+    parse_state_time,
+    parse_utc,
+    walk_windows,
+    window_work,
+    windows_to_read,
 )
 from .refresh import done_up_to, plan_refresh, sweep_share
 from .settings import (
@@ -46,7 +57,6 @@ from .settings import (
     MAX_RETRIES,
     MAX_RETRY_AFTER_SECONDS,
     MAX_SECONDS_PER_LOAD,
-    MAX_WINDOW_MONTHS,
     ORDERS_PER_ITEM,
     PAGE_SIZE,
     PRODUCT_SERVICE_DISCRIMINATOR,
@@ -70,11 +80,12 @@ from .tables import (
 __all__ = [
     "NOTE_MARKER_COLUMN",
     "SourceStats",
+    "group_by_start",
     "mews_source",
-    "pending_work",
-    "stored_request_sizes",
-    "walk_windows",
     "parse_utc",
+    "pending_work",
+    "walk_windows",
+    "window_work",
 ]
 
 log = logging.getLogger("mews_sync")
@@ -109,6 +120,17 @@ class SourceStats(Counters):
     items: int = 0  # order items read (an item read in two windows counts twice)
     products: int = 0
     end: datetime | None = None  # where the windows end: `end_date`, or Mews' clock
+
+
+class OldestUpdate:
+    """The oldest UpdatedUtc of the orders a run read: where the notes refresh begins."""
+
+    def __init__(self) -> None:
+        self.moment: datetime | None = None
+
+    def saw(self, moment: datetime | None) -> None:
+        if moment is not None and (self.moment is None or moment < self.moment):
+            self.moment = moment
 
 
 @dlt.source(name="mews", max_table_nesting=0)
@@ -200,6 +222,7 @@ def mews_source(
     counts = source_stats if source_stats is not None else SourceStats()
     pace = window_pace if window_pace is not None else WindowPace()
     seconds = window_seconds(max_seconds_per_load) if max_seconds_per_load else None
+    oldest = OldestUpdate()  # where the notes refresh begins
 
     api = MewsClient(
         platform_url,
@@ -260,87 +283,69 @@ def mews_source(
         # What this run learns of the sizes Mews answers in time, for its next steps and runs.
         api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
         state = dlt.current.resource_state()
-        watermarks: dict[str, str] = state.setdefault("watermarks", {})
-        if backfill:
-            # A backfill leaves the watermarks alone; its own progress is kept apart, so a
-            # backfill in steps (or one that was killed) goes on where it stopped.
-            begin = backfill_begin(state, backfill, end)
-            # An --end in the future reads up to now, nothing being newer: to the end of the
-            # current second (`now` has none), or to the run's end if that is later.
-            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
-            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
-        else:
-            groups = group_by_start(ids, watermarks, start, overlap)
-            plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
-            plan += plan_notes_refresh(state, [i for i in ids if i in watermarks], groups)
+        # A backfill leaves the watermarks alone; its own progress is kept apart, so a
+        # backfill in steps (or one that was killed) goes on where it stopped.
+        plan = windows_to_read(state, ids, start, end, overlap, backfill, now)
+        if not backfill:
+            plan += plan_notes_refresh(state, ids, plan)
         if not counts.windows_total:  # the first load of the run plans them all
             counts.windows_total = len(plan)
             if plan:
-                span = min(w[0] for _, w in plan), max(w[1] for _, w in plan)
+                span = min(p.window[0] for p in plan), max(p.window[1] for p in plan)
                 counts.work_span = span
-                counts.work_total = sum(window_work(w, span) for _, w in plan)
+                counts.work_total = sum(window_work(p.window, span) for p in plan)
         orders_before, step_started = counts.orders, time.monotonic()
-        windows = ((group, w) for group, planned in plan for w in pace.split(planned, seconds))
-        for group, window in windows:
+        for planned in paced(plan):
             if (
                 max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
             ) or step_is_over(step_started, max_seconds_per_load):
-                # Enough for one load: the state says there is more (`pending_work`), so a
-                # long history loads in steps of bounded memory and a kill loses one step.
-                if not backfill:  # a backfill's own progress says so
-                    state["pending"] = True
+                # Enough for one load, so a long history loads in steps of bounded memory
+                # and a kill loses one step.
+                mark_step_over(state, bool(backfill))
                 return
-            refreshing = group is refreshed
             before = counts.orders
-            yield from orders_in(group, window)
-            if oldest_update and not backfill:
+            yield from orders_in(planned.services, planned.window)
+            if oldest.moment and not backfill:
                 progress = state.setdefault("notes_refresh", {})
                 known = progress.get("oldest")
-                if not known or oldest_update[0] < parse_state_time(known):
-                    progress["oldest"] = format_utc(oldest_update[0])
-            if refreshing:
+                if not known or oldest.moment < parse_state_time(known):
+                    progress["oldest"] = format_utc(oldest.moment)
+            if planned.kind == "refresh":
                 counts.add(refreshed_orders=counts.orders - before)
-                done_up_to(state["notes_refresh"], window[1], parse_state_time)
-            elif backfill:
-                state["backfill"]["done_to"] = format_utc(window[1])
+                done_up_to(state["notes_refresh"], planned.window[1], parse_state_time)
             else:
-                for service_id in group:
-                    watermarks[service_id] = format_utc(window[1])
+                mark_read(state, planned)
         if counts.orders == orders_before:
             # Nothing read (an account without orders yet): the table and its typed columns
             # still exist, and so the views on them.
             yield to_table([], ORDER_COLUMNS)
-        state.pop("pending", None)
-        if backfill:
-            state["backfill"] = {"done_in_run_ending": format_utc(end)}
-        else:
-            # Also services whose windows were all empty ranges: this run covered them to `end`.
-            for service_id in ids:
-                watermarks[service_id] = format_utc(end)
+        mark_finished(state, ids, end, bool(backfill))
 
-    # The services the notes refresh re-reads: one list object, so the plan can tell its
-    # windows from the incremental ones.
-    refreshed: list[str] = []
+    def paced(plan: list[Planned]) -> Iterator[Planned]:
+        """The planned windows, split to take a share of a step's time at the pace read."""
+        for planned in plan:
+            for window in pace.split(planned.window, seconds):
+                yield replace(planned, window=window)
 
     def plan_notes_refresh(
-        state: dict[str, Any], synced: list[str], groups: dict[datetime, list[str]]
-    ) -> list[tuple[list[str], tuple[datetime, datetime]]]:
+        state: dict[str, Any], ids: list[str], plan: list[Planned]
+    ) -> list[Planned]:
         """The refresh windows of this run (see `refresh.py`), over services synced before,
         up to where their incremental windows begin."""
+        synced = [i for i in ids if i in state.get("watermarks", {})]
         progress = state.setdefault("notes_refresh", {})
         progress["every_days"] = refresh_every.total_seconds() / 86_400  # for `status`
-        starts = [g for g, group in groups.items() if any(i in synced for i in group)]
+        starts = [p.window[0] for p in plan if any(i in synced for i in p.services)]
         horizon = min(starts, default=start)
         # From the oldest update loaded, not the start date: years before a hotel's first
         # order would take their share of the period and leave the rest to fewer runs.
-        oldest = progress.get("oldest")
-        begin = max(start, parse_state_time(oldest)) if oldest else start
+        oldest_known = progress.get("oldest")
+        begin = max(start, parse_state_time(oldest_known)) if oldest_known else start
         ranges = plan_refresh(progress, begin, horizon, end, refresh_every, parse_state_time)
-        refreshed[:] = synced
         counts.refresh_days = refresh_every.total_seconds() / 86_400
         counts.refresh_ranges = [(format_utc(a), format_utc(b)) for a, b in ranges]
         counts.refresh_share = sweep_share(progress, begin, horizon, parse_state_time)
-        return [(refreshed, w) for a, b in ranges for w in walk_windows(a, b)]
+        return [Planned(synced, w, "refresh") for a, b in ranges for w in walk_windows(a, b)]
 
     def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         counts.add(windows=1)
@@ -361,12 +366,8 @@ def mews_source(
         if counts.work_span:
             counts.add(work_done=window_work(window, counts.work_span))
 
-    oldest_update: list[datetime] = []  # the oldest UpdatedUtc read, where the refresh begins
-
     def seen(orders: pa.Table) -> pa.Table:
-        first = pc.min(orders.column("updated_utc")).as_py()
-        if first is not None and (not oldest_update or first < oldest_update[0]):
-            oldest_update[:] = [first]
+        oldest.saw(pc.min(orders.column("updated_utc")).as_py())
         return orders
 
     @dlt.transformer(
@@ -436,36 +437,20 @@ def mews_source(
         it stopped after `max_orders_per_load` items, `backfill` progress."""
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
         state = dlt.current.resource_state()
-        watermarks: dict[str, str] = state.setdefault("watermarks", {})
-        if backfill:
-            begin = backfill_begin(state, backfill, end)
-            until = min(backfill[1], max(end, now + timedelta(seconds=1)))
-            plan = [(ids, w) for w in walk_windows(begin, until)] if begin else []
-        else:
-            groups = group_by_start(ids, watermarks, start, overlap)
-            plan = [(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
-        read = 0
-        for group, window in plan:
-            if max_orders_per_load and read >= max_orders_per_load:
-                if not backfill:
-                    state["pending"] = True
+        read, step_started = 0, time.monotonic()
+        for planned in windows_to_read(state, ids, start, end, overlap, backfill, now):
+            if (
+                max_orders_per_load and read >= max_orders_per_load
+            ) or step_is_over(step_started, max_seconds_per_load):
+                mark_step_over(state, bool(backfill))
                 return
-            for table in items_in(group, window):
+            for table in items_in(planned.services, planned.window):
                 read += table.num_rows
                 yield table
-            if backfill:
-                state["backfill"]["done_to"] = format_utc(window[1])
-            else:
-                for service_id in group:
-                    watermarks[service_id] = format_utc(window[1])
+            mark_read(state, planned)
         if not read:
             yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
-        state.pop("pending", None)
-        if backfill:
-            state["backfill"] = {"done_in_run_ending": format_utc(end)}
-        else:
-            for service_id in ids:
-                watermarks[service_id] = format_utc(end)
+        mark_finished(state, ids, end, bool(backfill))
 
     def items_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
         """Tables of the items of one window; pages that come again are kept (the merge or
@@ -499,25 +484,6 @@ def mews_source(
     )
 
 
-def backfill_begin(
-    state: dict[str, Any], backfill: tuple[datetime, datetime], end: datetime
-) -> datetime | None:
-    """Where a resource's backfill goes on: where a step (or a killed run) of the same range
-    stopped, or its start; None when an earlier step of this run (the same `end`) finished
-    it, so that the steps another resource (orders, items) still needs do not read it again."""
-    progress = state.get("backfill") or {}
-    if progress.get("done_in_run_ending") == format_utc(end):
-        return None
-    wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
-    begin = (
-        parse_utc(progress["done_to"], "state")
-        if progress.get("range") == wanted and progress.get("done_to")
-        else backfill[0]
-    )
-    state["backfill"] = {"range": wanted, "done_to": format_utc(begin)}
-    return begin
-
-
 def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | None:
     """What the last run kept of the request sizes Mews answers in time, for
     `RequestSizes.restore`."""
@@ -534,10 +500,6 @@ def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool
     if backfill:
         return any((r.get("backfill") or {}).get("range") for r in (orders, items))
     return bool(orders.get("pending") or items.get("pending"))
-
-
-def parse_state_time(value: str) -> datetime:
-    return parse_utc(value, "state")
 
 
 def concat(tables: list[pa.Table]) -> pa.Table:
@@ -597,54 +559,6 @@ PRODUCT_FIELDS = (
     "CreatedUtc",
     "UpdatedUtc",
 )
-
-
-def window_work(window: tuple[datetime, datetime], span: tuple[datetime, datetime]) -> float:
-    """A window's share of a run's work, for the progress bar: its length, each moment
-    weighted by how recent it is in `span` (0 at its start, 1 at its end), since most orders
-    sit in recent windows: the newest quarter of a history counts for 44 % of the bar. The
-    windows of a span add up to 1."""
-    whole = (span[1] - span[0]).total_seconds()
-    if whole <= 0:
-        return 1.0
-    begin, end = ((moment - span[0]).total_seconds() / whole for moment in window)
-    return max(0.0, end * end - begin * begin)
-
-
-def walk_windows(start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """Consecutive [start, end) windows of at most MAX_WINDOW_MONTHS calendar months."""
-    while start < end:
-        stop = min(pendulum.instance(start).add(months=MAX_WINDOW_MONTHS), end)
-        yield start, stop
-        start = stop
-
-
-def group_by_start(
-    service_ids: list[str], watermarks: dict[str, str], start: datetime, overlap: timedelta
-) -> dict[datetime, list[str]]:
-    """Services grouped by where their sync starts: a little before their watermark, or at
-    `start` for a service never synced (so a newly discovered service gets its history)."""
-    groups: dict[datetime, list[str]] = {}
-    for service_id in service_ids:
-        mark = watermarks.get(service_id)
-        begin = max(start, parse_utc(mark, "state") - overlap) if mark else start
-        groups.setdefault(begin, []).append(service_id)
-    return dict(sorted(groups.items()))
-
-
-def parse_utc(value: str | datetime | None, name: str) -> datetime:
-    """An aware UTC datetime from ISO 8601 text (a date alone means midnight UTC)."""
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            raise MewsConfigError(
-                f"{name} {value!r} is not a date: use ISO 8601, e.g. 2024-01-31 or "
-                "2024-01-31T00:00:00Z."
-            ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def check_configured_services(
