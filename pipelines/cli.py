@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # instead: what is loaded stays, and the next run finishes a load left behind.
     os.environ.setdefault("RUNTIME__INTERCEPT_SIGNALS", "false")
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    signal.signal(signal.SIGINT, stop_like_ctrl_c)
     try:
         setup_logging(args.log_level)
         return COMMANDS[args.command](args)
@@ -208,8 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def stop_like_ctrl_c(signum: int, frame: FrameType | None) -> NoReturn:
-    """SIGTERM (systemd stopping the unit at its timeout, `kill`) stops a run as Ctrl-C does: at
-    once, recorded as interrupted, and the next run finishes a load this one left behind."""
+    """Ctrl-C, and SIGTERM (systemd stopping the unit at its timeout, `kill`), stop a run at
+    once: every wait of every thread ends (`sources.stop`), the run is recorded as
+    interrupted, and the next run finishes a load this one left behind."""
+    from sources.stop import STOPPING
+
+    STOPPING.set()
     raise KeyboardInterrupt
 
 

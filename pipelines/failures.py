@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipelines.lock import SyncBusyError
 from sources.errors import MewsApiError, MewsConfigError, MewsError, MewsResponseError
+from sources.stop import RunStopped
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_BUSY = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -18,7 +19,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
     """The exit code and one safe sentence for an exception."""
     missing, uncoerced, unreadable = dlt_config_errors()
     for cause in causes(exc):
-        if isinstance(cause, KeyboardInterrupt):  # dlt wraps one that stops a step
+        # dlt wraps one that stops a step; a thread whose wait a stop ended raises RunStopped.
+        if isinstance(cause, KeyboardInterrupt | RunStopped):
             return EXIT_INTERRUPTED, INTERRUPTED
         if isinstance(cause, MewsConfigError):
             return EXIT_CONFIG, str(cause)

@@ -82,14 +82,18 @@ class Progress:
             done = read.windows / total if total else 0.0
         filled = int(done * BAR_WIDTH)  # full only when done
         requests = sum(dict(stats.requests).values())  # a copy: other threads add keys
-        waited = stats.limiter_wait_seconds + stats.throttle_wait_seconds
+        since = stats.waiting_since
+        waiting = time.monotonic() - since if since is not None else None
+        waited = stats.limiter_wait_seconds + stats.throttle_wait_seconds + (waiting or 0.0)
         elapsed = int(time.monotonic() - self._started)
         head = (
             f"{elapsed // 60}:{elapsed % 60:02d} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
             f"{done:4.0%}"
         )
-        # Most telling first: what does not fit a narrow terminal is left out from the end.
-        fields = [
+        # Most telling first: what does not fit a narrow terminal is left out from the end. A
+        # wait under way comes first: a line that does not move says why.
+        fields = [f"waiting for the rate limit {waiting:.0f} s"] if waiting is not None else []
+        fields += [
             f"windows {read.windows}/{total or '?'}",
             f"pages {read.order_pages}",
             f"orders {read.orders:,}",
@@ -97,7 +101,7 @@ class Progress:
             f"requests {requests:,}",
             f"429s {stats.throttled}",
             f"retries {stats.retries}",
-            f"rate-limit waits {waited:.0f} s",
+            f"rate-limit waits {waited:.0f} s",  # done and under way
         ]
         line = head
         for number, field in enumerate(fields):

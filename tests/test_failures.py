@@ -730,6 +730,18 @@ def test_the_progress_line_on_an_80_column_terminal(monkeypatch):
     assert drawn == "0:00 [##........]  25% windows 12/48, pages 4000, orders 3,912,345"
 
 
+def test_a_wait_under_way_shows_first_and_counts_on_a_100_column_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    read, stats = busy_counters()
+    stats.limiter_wait_seconds = 0.0
+    stats.waiting_since = time.monotonic() - 22.0  # the limiter has waited 22 s so far
+    line = Progress(read, stats, stream=io.StringIO()).line(99)
+    assert "waiting for the rate limit 22 s, windows 12/48" in line
+    assert "rate-limit waits 22 s" in Progress(read, stats, stream=io.StringIO()).line()
+    stats.waiting_since = None
+    assert "waiting" not in Progress(read, stats, stream=io.StringIO()).line()
+
+
 def test_the_bar_weighs_recent_windows_more():
     start, end = datetime(2012, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
     windows = list(walk_windows(start, end))

@@ -479,3 +479,39 @@ def test_tokens_appear_nowhere_after_runs_that_succeed_and_fail(sandbox, served,
         ]
         assert leaking == []
     assert any((tmp_path / "dlt_data").rglob("trace.pickle"))  # dlt's trace was searched too
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_while_the_rate_limiter_waits_ends_the_run_at_once(sandbox, served, tmp_path, stop):
+    # A limit of 30 requests / 30 s: once the notes threads are under way, one of them (or
+    # the main thread) sleeps in the limiter and the others wait for it.
+    env = cli_env(
+        tmp_path,
+        served,
+        SOURCES__MEWS__RATE_LIMIT_REQUESTS="30",
+        SOURCES__MEWS__RATE_LIMIT_SECONDS="30",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "--log-level", "WARNING", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while sandbox.log.count() < 30 and process.poll() is None:
+        time.sleep(0.005)
+    time.sleep(1.0)  # well into the limiter's wait
+    assert process.poll() is None, "the run ended before it could be stopped"
+    stopped = time.monotonic()
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - stopped
+    assert process.returncode == EXIT_INTERRUPTED
+    # One line: no word from dlt about threads it could not stop.
+    assert one_sentence(stderr) == (
+        "mews-sync: interrupted; the next run starts from the last completed load."
+    )
+    assert took < 3.0, took  # it took 6.5 to 16.8 s while a thread slept out its wait
+    waited = float(stdout.split("waited for the rate limit: ")[1].split(" s")[0])
+    assert waited >= 1.0, stdout  # the wait cut short is counted

@@ -37,6 +37,7 @@ from sources.errors import (  # re-exported: the source and the pipeline name th
     RequestTooHeavyError,
     counted,
 )
+from sources.stop import stoppable_sleep
 
 from .arrow_pages import ArrowPageReader
 from .settings import (
@@ -143,6 +144,9 @@ class ClientStats(Counters):
     too_long_windows: int = 0  # 400s that taught the client the strictest "3 months"
     splits: int = 0  # requests halved (ids or interval) because even small pages were too heavy
     limiter_wait_seconds: float = 0.0  # waited by our own limiter, before sending
+    # When the limiter's wait under way began (its clock), None when none is: at most one
+    # thread waits in the limiter at a time, the others wait for it.
+    waiting_since: float | None = None
     throttle_wait_seconds: float = 0.0  # waited because of 429s
     # The API answered at least once in this run (the stats are the run's, across its steps):
     # until then, a failure to reach it is most likely a wrong address, said at once.
@@ -175,7 +179,7 @@ class SlidingWindowLimiter:
         max_requests: int,
         window_seconds: float,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = stoppable_sleep,
     ):
         if max_requests < 1 or window_seconds <= 0:
             raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
@@ -431,7 +435,7 @@ class MewsClient:
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_max: float = BACKOFF_MAX_SECONDS,
         max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = stoppable_sleep,
         clock: Callable[[], float] = time.monotonic,
         stats: ClientStats | None = None,
         sizes: RequestSizes | None = None,
@@ -454,9 +458,11 @@ class MewsClient:
             backoff_max,
         )
         self.max_retry_after_seconds = max_retry_after_seconds
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
         self._limiter = (
-            SlidingWindowLimiter(*rate_limit, clock=clock, sleep=sleep) if rate_limit else None
+            SlidingWindowLimiter(*rate_limit, clock=clock, sleep=self._limiter_sleep)
+            if rate_limit
+            else None
         )
         self._stopped: str | None = None  # why every later request fails at once
         self._http = httpx.Client(
@@ -588,6 +594,18 @@ class MewsClient:
                     self._count(throttle_wait_seconds=pause)
                 self._sleep(pause)
             attempt += 1
+
+    def _limiter_sleep(self, seconds: float) -> None:
+        """The limiter's waits: shown while under way (`stats.waiting_since`), and counted
+        also when a stop cuts one short (a finished one is counted by `post`)."""
+        started = self.stats.waiting_since = self._clock()
+        try:
+            self._sleep(seconds)
+        except BaseException:
+            self._count(limiter_wait_seconds=self._clock() - started)
+            raise
+        finally:
+            self.stats.waiting_since = None
 
     def _send(self, operation: str, content: bytes) -> httpx.Response:
         try:
