@@ -32,6 +32,7 @@ from pipelines.storage import DuckDbStorage
 from sources.mews.settings import (
     DEFAULT_NOTE_TYPES,
     MAX_WINDOW_DAYS_STRICTEST,
+    ORDER_ITEMS_OPERATION,
     ORDERS_OPERATION,
 )
 
@@ -107,7 +108,8 @@ def test_the_same_cursor_twice_in_a_row_is_still_an_error_with_short_pages_on(tm
 
 def interval_days(entry: LoggedRequest) -> float | None:
     interval = entry.body.get("UpdatedUtc")
-    if entry.operation != ORDERS_OPERATION or not isinstance(interval, dict):
+    walked = (ORDERS_OPERATION, ORDER_ITEMS_OPERATION)  # walked in windows by one client
+    if entry.operation not in walked or not isinstance(interval, dict):
         return None
     start, end = (datetime.fromisoformat(interval[k]) for k in ("StartUtc", "EndUtc"))
     return (end - start) / timedelta(days=1)
