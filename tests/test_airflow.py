@@ -23,6 +23,7 @@ from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
+    assert_items_equal_truth,
     change_orders_and_notes,
     lagging_sandbox,
     one_sentence,
@@ -258,6 +259,7 @@ def test_airflow_3_loads_each_property_in_a_task_of_its_own_into_one_postgres_da
         first = dags_test(env)
         assert first.returncode == 0, what_happened(first, env)
         assert_equals_truth(target)
+        assert_items_equal_truth(target)
         spans = [
             time_span(text) for name, text in task_logs(env).items() if "task_id=sync/" in name
         ]
@@ -271,6 +273,7 @@ def test_airflow_3_loads_each_property_in_a_task_of_its_own_into_one_postgres_da
 
     assert second.returncode == 1 and "DagRun failed" in second.stderr
     assert_equals_truth(target)  # the three others loaded
+    assert_items_equal_truth(target)
     assert target.rows("select count(*) from mews.orders_current") == [(601,)]
     logs = task_logs(env)
     (closed,) = [name for name in logs if "task_id=sync/map_index=3/" in name]
