@@ -91,12 +91,12 @@ def bench(sandbox: Sandbox, url: str, folder: Path, postgres: str | None) -> lis
     helper = postgres_helper() if postgres else None
     singles: dict[str, float] = {}
     for name in PROPERTIES:
-        database = helper.create_database(postgres) if helper else None
+        database = helper.create_database(postgres)[1] if helper else None
         env = group_env(url, folder / f"single-{name}", "single", database)
         began = time.monotonic()
         finish(start(env, name), name)
         singles[name] = time.monotonic() - began
-    database = helper.create_database(postgres) if helper else None
+    database = helper.create_database(postgres)[1] if helper else None
     env = group_env(url, folder / "together", "together", database)
     began = time.monotonic()
     processes = {name: start(env, name) for name in PROPERTIES}
@@ -135,10 +135,12 @@ def main() -> None:
         serve(sandbox) as url,
         postgres_server(args.postgres) as postgres,
     ):
-        lines += bench(sandbox, url, Path(tmp) / "duckdb", None)
+        print(lines[0], flush=True)
+        for line in bench(sandbox, url, Path(tmp) / "duckdb", None):
+            print(line, flush=True)
         if postgres:
-            lines += bench(sandbox, url, Path(tmp) / "postgres", postgres)
-    print("\n".join(lines))
+            for line in bench(sandbox, url, Path(tmp) / "postgres", postgres):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":
