@@ -304,3 +304,17 @@ def test_a_file_and_a_database_of_the_previous_release_upgrade_in_place(tmp_path
     last = read_runs(runs_path(tmp_path, postgres, "another_machine"))[-1]
     assert last["orders"] <= len(touched) and last["property"] is None
     assert incremental < 20, incremental  # no full re-read (that takes over 40 requests)
+
+
+def test_a_portfolio_property_loads_beside_a_single_enterprise_one(tmp_path):
+    sandbox = Sandbox.generate(orders=600, seed=27)
+    sandbox.client_token = CLIENT_TOKEN
+    first, second, third = sorted(e["Id"] for e in sandbox.enterprises())
+    sandbox.add_token(token_of("old_town"), [first, second])  # a portfolio of two
+    sandbox.add_token(token_of("riverside"), [third])
+    with serve(sandbox) as url:
+        env = group_env(tmp_path, url, None)
+        run_all(env, tmp_path, ("old_town", "riverside"))
+        change_everything(sandbox, random.Random(9))
+        run_all(env, tmp_path, ("old_town", "riverside"))
+    assert_equals_truth(Target(sandbox, tmp_path))
