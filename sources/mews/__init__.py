@@ -98,6 +98,16 @@ NOTE_MARKER_COLUMN = "_mews_order_without_notes"
 REQUEST_SIZES_STATE = "request_sizes"
 
 
+def latest_by_id() -> dict[str, Any]:
+    """The hints of a resource whose rows come again when read again (orders, items): dlt's
+    merge keeps the latest read of each id. New dicts each time: dlt may change them."""
+    return {
+        "write_disposition": {"disposition": "merge", "strategy": "delete-insert"},
+        "primary_key": "id",
+        "columns": {"updated_utc": {"dedup_sort": "desc"}},
+    }
+
+
 @dataclass
 class SourceStats(Counters):
     """What the source read in one run, for the run summary; the notes transformer adds to
@@ -270,12 +280,7 @@ def mews_source(
             found = []
         yield to_table(found, ENTERPRISE_COLUMNS)  # empty, the table still exists
 
-    # An order read again comes again: of its rows the merge keeps the latest read.
-    @dlt.resource(
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key="id",
-        columns={"updated_utc": {"dedup_sort": "desc"}},
-    )
+    @dlt.resource(**latest_by_id())
     def product_service_orders() -> Iterator[pa.Table]:
         """Yields typed tables (a few pages each) of the orders updated since each service's
         watermark, or in the backfill's range."""
@@ -424,11 +429,7 @@ def mews_source(
 
     # Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
     # so keeping each item's latest version read is the whole copy.
-    @dlt.resource(
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key="id",
-        columns={"updated_utc": {"dedup_sort": "desc"}},
-    )
+    @dlt.resource(**latest_by_id())
     def order_items() -> Iterator[pa.Table]:
         """Yields typed tables of the order items updated (their own UpdatedUtc) since each
         service's item watermark, or in the backfill's range, up to the run's end.
