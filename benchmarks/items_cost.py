@@ -13,6 +13,7 @@ clock, so both releases end their windows at the same moment.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import subprocess
 import sys
@@ -45,6 +46,17 @@ def release_tree(commit: str, folder: Path) -> Path:
     return tree
 
 
+# Runs the command and prints its CPU and peak RSS: the run is forked from this small process,
+# not from the benchmark's (which holds the sandbox), whose pages a child's peak RSS counts.
+MEASURED = """
+import json, resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}))
+sys.exit(code)
+"""
+
+
 def sync(tree: Path, url: str, folder: Path, sandbox: Sandbox) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     env = isolated_env(tree, folder, folder / "bench.duckdb")
@@ -58,9 +70,11 @@ def sync(tree: Path, url: str, folder: Path, sandbox: Sandbox) -> dict:
         RUNTIME__DLTHUB_TELEMETRY="false",
     )
     sandbox.log.clear()
-    done = run_process([sys.executable, "-m", "pipelines.cli", "run"], env, cwd=folder)
+    command = [sys.executable, "-c", MEASURED, sys.executable, "-m", "pipelines.cli", "run"]
+    done = run_process(command, env, cwd=folder)
     if done["status"] != 0:
         raise SystemExit(f"the run of {tree} failed:\n{done['output']}")
+    done.update(json.loads(done["output"].strip().splitlines()[-1]))
     done["requests"] = Counter(e.operation for e in sandbox.log.entries)
     return done
 
