@@ -137,6 +137,24 @@ class Target:
         return decompress_state(blob)
 
 
+def users_pipeline(target: Target, tmp_path: Path) -> Any:
+    """A dlt pipeline as a user would write one, into the target's destination: nothing of
+    mews-sync but the source is then needed."""
+    import dlt
+
+    destination = (
+        dlt.destinations.postgres(target.postgres)
+        if target.postgres
+        else dlt.destinations.duckdb(target.database)
+    )
+    return dlt.pipeline(
+        "a_users_pipeline",
+        destination=destination,
+        dataset_name="mews",
+        pipelines_dir=str(tmp_path / "dlt"),
+    )
+
+
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import dlt
 import pytest
 from harness import (
     START_DATE,
@@ -16,6 +15,7 @@ from harness import (
     assert_equals_truth,
     assert_items_equal_truth,
     lagging_sandbox,
+    users_pipeline,
 )
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
@@ -160,17 +160,7 @@ def test_a_run_killed_before_the_clean_up_is_healed_by_the_next(tmp_path, monkey
 def test_a_plain_pipeline_run_keeps_one_row_per_item(tmp_path, postgres):
     sandbox = lagging_sandbox(orders=800, seed=65)
     target = Target(sandbox, tmp_path, postgres)
-    destination = (
-        dlt.destinations.postgres(postgres)
-        if postgres
-        else dlt.destinations.duckdb(target.database)
-    )
-    pipeline = dlt.pipeline(
-        "a_users_pipeline",
-        destination=destination,
-        dataset_name="mews",
-        pipelines_dir=str(tmp_path / "dlt"),
-    )
+    pipeline = users_pipeline(target, tmp_path)
 
     def source() -> Any:
         return mews_source(

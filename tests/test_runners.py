@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import dlt
 from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
     change_orders_and_notes,
     lagging_sandbox,
+    users_pipeline,
 )
 
 from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, SandboxTransport, serve
@@ -28,17 +28,7 @@ def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tm
     """No mews-sync code but the source: dlt's merges alone keep the tables right."""
     sandbox = lagging_sandbox(orders=1500, seed=41)
     target = Target(sandbox, tmp_path, postgres)
-    destination = (
-        dlt.destinations.postgres(postgres)
-        if postgres
-        else dlt.destinations.duckdb(target.database)
-    )
-    pipeline = dlt.pipeline(
-        "a_users_pipeline",
-        destination=destination,
-        dataset_name="mews",
-        pipelines_dir=str(tmp_path / "dlt"),
-    )
+    pipeline = users_pipeline(target, tmp_path)
 
     def source():
         return mews_source(
