@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# A scenario of another release (--baseline) imports that release's tree, given as BENCH_TREE.
+sys.path.insert(0, os.environ.get("BENCH_TREE") or str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from isolated import isolated_env  # noqa: E402 - a script beside this one
 
@@ -156,7 +157,8 @@ def scenario(name: str, url: str, database: str, workdir: str, rate_limited: boo
             **({} if refresh_days is None else {"notes_refresh_days": refresh_days}),
             **tokens,
         )
-        rows = report.read.orders + report.read.notes
+        read = report.read
+        rows = read.orders + read.notes + read.items + read.products
         result["refreshed_orders"] = report.read.refreshed_orders
         if isinstance(storage, DuckDbStorage):
             result["file_mb"] = storage.path.stat().st_size / 2**20
@@ -168,7 +170,8 @@ def scenario(name: str, url: str, database: str, workdir: str, rate_limited: boo
 
 
 def bare_fetch(url: str, client_token: str, access_token: str) -> int:
-    """The floor: the same requests, with httpx and json only."""
+    """The floor: the same requests (orders, their notes, order items, products), with httpx
+    and json only."""
     import httpx
 
     from sources.mews import parse_utc, walk_windows
@@ -215,6 +218,11 @@ def bare_fetch(url: str, client_token: str, access_token: str) -> int:
                 }
                 for notes in pages("serviceOrderNotes/getAll", "ServiceOrderNotes", note_filter):
                     rows += len(notes)
+            items = {"ServiceIds": ids, "UpdatedUtc": interval}
+            for page in pages("orderItems/getAll", "OrderItems", items):
+                rows += len(page)
+        products = {"ServiceIds": ids, "IncludeDefault": True}
+        rows += sum(len(page) for page in pages("products/getAll", "Products", products))
     return rows
 
 
@@ -279,13 +287,15 @@ def measure(
     server: int | None = None,
 ) -> dict:
     """Run one scenario in a fresh process; its own CPU and peak RSS come from wait4. With
-    `server` (the postmaster's pid), the PostgreSQL server's CPU meanwhile too."""
+    `server` (the postmaster's pid), the PostgreSQL server's CPU meanwhile too. A name ending
+    in BEFORE runs the scenario of the release in BASELINE_TREE (--baseline)."""
     folder.mkdir(parents=True, exist_ok=True)
+    tree = BASELINE_TREE if name.endswith(BEFORE) else REPO
     command = [
         sys.executable,
         __file__,
         "scenario",
-        name,
+        name.removesuffix(BEFORE),
         url,
         database or str(folder / "bench.duckdb"),
         str(folder / "dlt"),
@@ -294,7 +304,8 @@ def measure(
     env = {
         **os.environ,
         "RUNTIME__DLTHUB_TELEMETRY": "false",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(tree),
+        "BENCH_TREE": str(tree),
         "DLT_DATA_DIR": str(folder / "dlt_data"),  # run records of a PostgreSQL destination
     }
     server_before = process_tree_cpu(server) if server else None
@@ -308,6 +319,29 @@ def measure(
         after = process_tree_cpu(server)
         result["server_cpu"] = after - server_before if after is not None else None
     return result
+
+
+# --baseline: the release to compare with, side by side ("before"), from `git archive`.
+BEFORE = "@before"
+BASELINE_TREE = REPO
+BASELINE_COMMIT = ""
+
+
+def release_tree(commit: str, folder: Path) -> Path:
+    """The files of `commit`, for PYTHONPATH."""
+    tree = folder / commit
+    tree.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def import_dlt_walls(runs: int) -> list[dict]:
+    """`python -c "import dlt"`, the wall a run's start-up is compared with."""
+    env = {**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false"}
+    return [run_process([sys.executable, "-c", "import dlt"], env) for _ in range(runs)]
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -385,12 +419,13 @@ def database_mb(url: str) -> float:
 # -- the command line, start-up included -----------------------------------------------------
 
 
-def cli_env(url: str, folder: Path) -> dict[str, str]:
-    """The environment of `mews-sync run` against the sandbox at `url`, with its DuckDB file
-    and dlt's data folder in `folder`, and nothing of this machine's own settings."""
+def cli_env(url: str, folder: Path, tree: Path = REPO) -> dict[str, str]:
+    """The environment of `mews-sync run` (of the release in `tree`) against the sandbox at
+    `url`, with its DuckDB file and dlt's data folder in `folder`, and nothing of this
+    machine's own settings."""
     from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN
 
-    env = isolated_env(REPO, folder, folder / "cli.duckdb")
+    env = isolated_env(tree, folder, folder / "cli.duckdb")
     env.update(
         SOURCES__MEWS__PLATFORM_URL=url,
         SOURCES__MEWS__CLIENT_TOKEN=DEMO_CLIENT_TOKEN,
@@ -402,21 +437,33 @@ def cli_env(url: str, folder: Path) -> dict[str, str]:
     return env
 
 
-def bench_cli(sandbox: SandboxProcess, folder: Path, runs: int) -> tuple[list[dict], dict]:
+def bench_cli(
+    sandbox: SandboxProcess, folder: Path, runs: int, before: bool
+) -> tuple[dict[str, list[dict]], dict[str, dict[str, int]]]:
     """`python -m pipelines.cli run` as a scheduler starts it, from a folder of its own with
-    the settings in the environment: a first sync, then `runs` runs with no change. Returns
-    those runs and the requests of the last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    env = cli_env(sandbox.url, folder)
+    the settings in the environment: a first sync, then `runs` runs with no change, of this
+    release and (`before`) of the baseline, interleaved with `python -c "import dlt"`.
+    Returns those runs by name ("cli", "cli@before", "import dlt") and the requests of the
+    last of each release by name."""
+    trees = {"cli": REPO, **({"cli" + BEFORE: BASELINE_TREE} if before else {})}
+    envs = {}
+    for name, tree in trees.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        envs[name] = cli_env(sandbox.url, folder / name, tree)
     command = [sys.executable, "-m", "pipelines.cli", "run"]
-    results = []
-    for _ in range(runs + 1):
-        done = run_process(command, env, cwd=folder)
-        if done["status"] != 0:
-            raise SystemExit(f"mews-sync run failed (status {done['status']}):\n{done['output']}")
-        results.append(done)
-        requests = sandbox.requests()
-    return results[1:], requests
+    results: dict[str, list[dict]] = {name: [] for name in (*trees, "import dlt")}
+    requests: dict[str, dict[str, int]] = {}
+    for repeat in range(runs + 1):
+        for name in trees:
+            done = run_process(command, envs[name], cwd=folder / name)
+            if done["status"] != 0:
+                raise SystemExit(f"{name} failed (status {done['status']}):\n{done['output']}")
+            if repeat:  # the first is the first sync
+                results[name].append(done)
+            requests[name] = sandbox.requests()
+        if repeat:
+            results["import dlt"] += import_dlt_walls(1)
+    return results, requests
 
 
 class SandboxProcess:
@@ -480,7 +527,8 @@ def bench_heavier(orders: int, repeats: int, folder: Path) -> list[str]:
     """The first sync and its floor on the heavier data shape (about 2 notes per order, three
     order fields and one note field the pipeline does not know), interleaved."""
     sandbox = SandboxProcess(orders, heavier=True)
-    results: dict[str, list[dict]] = {"bare": [], "pipeline": []}
+    names = ["bare", *with_before(["pipeline"], BASELINE_COMMIT != "")]
+    results: dict[str, list[dict]] = {name: [] for name in names}
     requests: dict[str, dict[str, int]] = {}
     try:
         measure("bare", sandbox.url, folder / "warm-up")
@@ -492,16 +540,21 @@ def bench_heavier(orders: int, repeats: int, folder: Path) -> list[str]:
                 shutil.rmtree(folder / f"{name}{repeat}")
     finally:
         sandbox.close()
-    cpu = {name: median(r, "cpu") or 0.0 for name, r in results.items()}
-    return [
+    lines = [
         f"\n### {orders:,} orders, heavier shape (median of {repeats})\n",
-        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders+notes) "
-        "| requests |",
+        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders, notes, "
+        "items, products) | requests |",
         "|---|---|---|---|---|---|---|---|",
         row("bare (floor)", results["bare"], requests["bare"]),
-        row("pipeline (DuckDB)", results["pipeline"], requests["pipeline"]),
-        f"\npipeline CPU / bare CPU = {cpu['pipeline'] / cpu['bare']:.2f}",
     ]
+    for name in names[1:]:
+        tag = f" (before: {BASELINE_COMMIT})" if name.endswith(BEFORE) else ""
+        lines.append(row("pipeline (DuckDB)" + tag, results[name], requests[name]))
+    for name in names[1:]:
+        tag = f" (before: {BASELINE_COMMIT})" if name.endswith(BEFORE) else ""
+        ratio = cpu_of(results, name) / cpu_of(results, "bare")
+        lines.append(f"{'' if tag else chr(10)}pipeline CPU / bare CPU = {ratio:.2f}{tag}")
+    return lines
 
 
 def bench_pages(repeats: int = 7, rounds: int = 50) -> list[str]:
@@ -557,18 +610,18 @@ def bench_pages(repeats: int = 7, rounds: int = 50) -> list[str]:
 
 
 def bench_size(
-    orders: int, repeats: int, naive: bool, folder: Path, postgres: str | None
+    orders: int, repeats: int, naive: bool, folder: Path, postgres: str | None, before: bool
 ) -> list[str]:
     sandbox = SandboxProcess(orders)
     helper = postgres_helper() if postgres else None
     server = postmaster_pid(postgres) if postgres else None
-    names = ["bare", "pipeline"] + (["pipeline-postgres"] if postgres else [])
-    names += ["naive"] if naive else []
+    loads = ["pipeline"] + (["pipeline-postgres"] if postgres else [])
+    names = ["bare", *with_before(loads, before)] + (["naive"] if naive else [])
     results: dict[str, list[dict]] = {n: [] for n in names}
     requests: dict[str, dict[str, int]] = {}
-    databases: list[tuple[str, str]] = []  # (name, URL) of each first sync into PostgreSQL
+    databases: dict[str, tuple[str, str]] = {}  # each first sync's PostgreSQL database, by folder
     refresh = ("norefresh", "refresh", "cycle")
-    nightly = ["nightly"] + (["nightly-postgres"] if postgres else [])
+    nightly = with_before(["nightly"] + (["nightly-postgres"] if postgres else []), before)
     results.update({n: [] for n in (*refresh, *nightly)})
     load = [os.getloadavg()[0]]
     try:
@@ -578,19 +631,11 @@ def bench_size(
             # Interleaved, so drift on a noisy machine hits all alike; the slow naive baseline
             # runs once.
             for name in names if repeat == 0 else [n for n in names if n != "naive"]:
-                if name == "pipeline-postgres":
+                where = f"{name}{repeat}"
+                if "postgres" in name:
                     assert helper is not None and postgres is not None
-                    databases.append(helper.create_database(postgres))
-                    result = measure(
-                        name,
-                        sandbox.url,
-                        folder / f"{name}{repeat}",
-                        database=databases[-1][1],
-                        server=server,
-                    )
-                    result["database_mb"] = database_mb(databases[-1][1])
-                else:
-                    result = measure(name, sandbox.url, folder / f"{name}{repeat}")
+                    databases[where] = helper.create_database(postgres)
+                result = measure_in(name, sandbox.url, folder / where, databases, server)
                 results[name].append(result)
                 requests[name] = sandbox.requests()
         # No change yet: the incremental runs with and without the notes refresh, each on a
@@ -606,32 +651,44 @@ def bench_size(
                 results[name].append(measure(name, sandbox.url, copy))
                 requests[name] = sandbox.requests()
                 shutil.rmtree(copy)
-        cli, requests["cli"] = bench_cli(sandbox, folder / "cli", CLI_RUNS)
+        cli, cli_requests = bench_cli(sandbox, folder / "cli", CLI_RUNS, before)
         shutil.rmtree(folder / "cli")
+        results.update(cli)
+        requests.update(cli_requests)
         # Last, since it changes the data: 1% of the orders change, then the nightly run on
         # each first sync.
         sandbox.ask(f"mutate {orders // 100}")
         for repeat in range(repeats):
-            results["nightly"].append(measure("nightly", sandbox.url, folder / f"pipeline{repeat}"))
-            requests["nightly"] = sandbox.requests()
-            if postgres:
-                results["nightly-postgres"].append(
-                    measure(
-                        "nightly-postgres",
-                        sandbox.url,
-                        folder / f"pipeline-postgres{repeat}",
-                        database=databases[repeat][1],
-                        server=server,
-                    )
-                )
-                requests["nightly-postgres"] = sandbox.requests()
+            for name in nightly:
+                first = name.replace("nightly", "pipeline") + str(repeat)
+                result = measure_in(name, sandbox.url, folder / first, databases, server)
+                results[name].append(result)
+                requests[name] = sandbox.requests()
     finally:
         sandbox.close()
         if helper is not None and postgres is not None:
-            for name, _ in databases:
-                helper.drop_database(postgres, name)
+            for database, _ in databases.values():
+                helper.drop_database(postgres, database)
     load.append(os.getloadavg()[0])
-    return report_size(orders, repeats, naive, results, requests, cli, server, load)
+    return report_size(orders, repeats, naive, results, requests, server, load)
+
+
+def with_before(names: list[str], before: bool) -> list[str]:
+    """Each scenario, followed by the baseline's (--baseline)."""
+    return [n for name in names for n in ((name, name + BEFORE) if before else (name,))]
+
+
+def measure_in(
+    name: str, url: str, folder: Path, databases: dict[str, tuple[str, str]], server: int | None
+) -> dict:
+    """`measure`, into the PostgreSQL database made for `folder` (counting the server's
+    CPU), if there is one."""
+    if folder.name not in databases:
+        return measure(name, url, folder)
+    database = databases[folder.name][1]
+    result = measure(name, url, folder, database=database, server=server)
+    result["database_mb"] = database_mb(database)
+    return result
 
 
 def report_size(
@@ -640,7 +697,6 @@ def report_size(
     naive: bool,
     results: dict[str, list[dict]],
     requests: dict[str, dict[str, int]],
-    cli: list[dict],
     server: int | None,
     load: list[float],
 ) -> list[str]:
@@ -655,60 +711,42 @@ def report_size(
         "cycle": "no change, 7 days on: a whole refresh cycle",
         "nightly": f"nightly (DuckDB), {changed:,} changed",
         "nightly-postgres": f"nightly-postgres, {changed:,} changed",
+        "cli": f"`python -m pipelines.cli run`, no change (median of {CLI_RUNS})",
+        "import dlt": '`python -c "import dlt"`',
     }
     lines = [
         f"\n### {orders:,} orders (median of {repeats}; load average {load[0]:.1f} before, "
         f"{load[1]:.1f} after)\n",
-        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders+notes) "
-        "| requests |",
+        "| scenario | wall s | CPU s | server CPU s | peak RSS MB | rows/s | rows (orders, notes, "
+        "items, products) | requests |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, label in labels.items():
-        if results.get(name):
-            lines.append(row(label, results[name], requests[name]))
-    for result in cli:
-        result["rows"] = None
-    lines.append(
-        row(
-            f"`python -m pipelines.cli run`, no change (median of {len(cli)})",
-            cli,
-            requests["cli"],
-            wall_key="process_wall",
-        )
-    )
-    cpu = {n: median(r, "cpu") or 0.0 for n, r in results.items() if r}
+        for each in (name, name + BEFORE):
+            if not results.get(each):
+                continue
+            walls = "process_wall" if name in ("cli", "import dlt") else "wall"
+            tag = f" (before: {BASELINE_COMMIT})" if each.endswith(BEFORE) else ""
+            lines.append(row(label + tag, results[each], requests.get(each, {}), walls))
     lines.append(
         "\nwall s is timed inside the scenario's process (imports included, not Python's "
-        "start-up), "
-        "the command line's from outside; CPU s and peak RSS are the scenario's process"
-        + (
-            ""
-            if "pipeline-postgres" not in results
-            else "; server CPU s is PostgreSQL's (postmaster, its children and the children it "
-            "reaped, from /proc)"
-            if server
-            else "; PostgreSQL's own CPU is not counted (the server is not on this machine)"
-        )
+        "start-up), the command line's from outside; CPU s and peak RSS are the scenario's "
+        "process; server CPU s is PostgreSQL's (postmaster, its children and the children it "
+        "reaped, from /proc)"
     )
-    lines.append(f"\npipeline CPU / bare CPU = {cpu['pipeline'] / cpu['bare']:.2f}")
-    if "pipeline-postgres" in cpu:
-        total = cpu["pipeline-postgres"] + (median(results["pipeline-postgres"], "server_cpu") or 0)
-        lines.append(
-            f"pipeline-postgres CPU / bare CPU = {cpu['pipeline-postgres'] / cpu['bare']:.2f} "
-            f"(with the server's: {total / cpu['bare']:.2f}); database "
-            f"{median(results['pipeline-postgres'], 'database_mb'):.0f} MB"
-        )
+    lines += ratios(results, server)
     if naive:
-        lines.append(f"naive CPU / pipeline CPU = {cpu['naive'] / cpu['pipeline']:.2f}")
+        naive_ratio = cpu_of(results, "naive") / cpu_of(results, "pipeline")
+        lines.append(f"naive CPU / pipeline CPU = {naive_ratio:.2f}")
     for name in ("pipeline", "nightly", "refresh", "cycle"):
         published = results[name]
         lines.append(
-            f"publish() in {name}: {median(published, 'publish_s'):.2f} s wall, "
-            f"{median(published, 'publish_cpu'):.2f} s CPU, DuckDB file "
-            f"{median(published, 'file_mb'):.0f} MB"
+            f"publish() in {name}: {median(published, 'publish_s') or 0:.2f} s wall, "
+            f"{median(published, 'publish_cpu') or 0:.2f} s CPU, DuckDB file "
+            f"{median(published, 'file_mb') or 0:.0f} MB"
         )
     for name in ("refresh", "cycle"):
-        extra_cpu = cpu[name] - cpu["norefresh"]
+        extra_cpu = cpu_of(results, name) - cpu_of(results, "norefresh")
         extra_requests = sum(requests[name].values()) - sum(requests["norefresh"].values())
         days = 7 if name == "cycle" else 1
         lines.append(
@@ -716,8 +754,39 @@ def report_size(
             f"{extra_cpu:.1f} s CPU, {median(results[name], 'refreshed_orders'):,.0f} orders "
             f"re-read; per day {extra_requests / days:.0f} requests, {extra_cpu / days:.2f} s CPU"
         )
-    for name in ("pipeline", "norefresh", "refresh", "cycle", "cli", "nightly"):
+    for name in ("bare", "pipeline", "norefresh", "refresh", "cycle", "cli", "nightly"):
         lines.append(f"{name} requests: {json.dumps(requests[name])}")
+    return lines
+
+
+def cpu_of(results: dict[str, list[dict]], name: str) -> float:
+    return median(results[name], "cpu") or 0.0
+
+
+def ratios(results: dict[str, list[dict]], server: int | None) -> list[str]:
+    """The issue's targets: CPU against the floor's (PostgreSQL's with the server's), the
+    no-change command line's wall against `import dlt`'s; this release's and the baseline's."""
+    bare = cpu_of(results, "bare")
+    dlt_wall = median(results["import dlt"], "process_wall") or 0.0
+    lines = []
+    for suffix in ("", BEFORE):
+        if not results.get("pipeline" + suffix):
+            continue
+        tag = f" (before: {BASELINE_COMMIT})" if suffix else ""
+        lines.append(
+            f"\npipeline CPU / bare CPU = {cpu_of(results, 'pipeline' + suffix) / bare:.2f}{tag}"
+        )
+        if results.get("pipeline-postgres" + suffix):
+            pg = results["pipeline-postgres" + suffix]
+            own = cpu_of(results, "pipeline-postgres" + suffix)
+            total = own + (median(pg, "server_cpu") or 0)
+            lines.append(
+                f"pipeline-postgres CPU / bare CPU = {own / bare:.2f} "
+                f"(with the server's{'' if server else ', not on this machine'}: "
+                f"{total / bare:.2f}); database {median(pg, 'database_mb') or 0:.0f} MB{tag}"
+            )
+        cli_wall = median(results["cli" + suffix], "process_wall") or 0.0
+        lines.append(f"no-change run wall / import dlt wall = {cli_wall / dlt_wall:.2f}{tag}")
     return lines
 
 
@@ -742,6 +811,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--large-repeats",
+        type=int,
+        default=1,
+        help="repeats above 200,000 orders (default 1: a first sync of 1,000,000 takes minutes)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="COMMIT",
+        help="also run the release at COMMIT (git archive) side by side, as 'before'",
+    )
     parser.add_argument(
         "--naive-max-orders",
         type=int,
@@ -777,10 +857,15 @@ def main() -> None:
     ]
     lines += bench_pages()
     with tempfile.TemporaryDirectory() as tmp, postgres_server(args.postgres) as postgres:
+        if args.baseline:
+            global BASELINE_TREE, BASELINE_COMMIT
+            BASELINE_TREE = release_tree(args.baseline, Path(tmp) / "baseline")
+            BASELINE_COMMIT = args.baseline
         for orders in args.orders:
-            repeats = args.repeats if orders <= 200_000 else 1
+            repeats = args.repeats if orders <= 200_000 else args.large_repeats
             folder = Path(tmp) / str(orders)
-            lines += bench_size(orders, repeats, orders <= args.naive_max_orders, folder, postgres)
+            naive = orders <= args.naive_max_orders
+            lines += bench_size(orders, repeats, naive, folder, postgres, bool(args.baseline))
             shutil.rmtree(folder)
             if args.heavier:
                 lines += bench_heavier(orders, repeats, Path(tmp) / f"{orders}-heavier")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench import run_process  # noqa: E402 - a script beside this one
+from bench import release_tree, run_process  # noqa: E402 - a script beside this one
 from isolated import isolated_env  # noqa: E402
 
 from mews_sandbox import (  # noqa: E402
@@ -33,18 +32,6 @@ from mews_sandbox import (  # noqa: E402
     Sandbox,
     serve,
 )
-
-
-def release_tree(commit: str, folder: Path) -> Path:
-    """The files of `commit`, for PYTHONPATH."""
-    tree = folder / commit
-    tree.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
 
 # Runs the command and prints its CPU and peak RSS: the run is forked from this small process,
 # not from the benchmark's (which holds the sandbox), whose pages a child's peak RSS counts.
