@@ -5,8 +5,9 @@ The order items keep their tax lists and `Data` objects as JSON text; made per i
 about 30 ms of CPU, most of a sync's time (issue 21).
 
 The text has `json.dumps`'s separators (", " and ": ") and keys in the order Arrow holds them.
-Numbers: integers as they were; decimals without trailing zeros ("21" for 21.000000000000,
-"1E-7" below 1E-6 but for 0, as Arrow writes them); floats in their shortest round-trip text ("0.1").
+Numbers: integers as they were; decimals without trailing zeros ("21" for 21.000000000000;
+"1E-7" below 1E-6 but for 0, as Arrow writes them); floats in their shortest round-trip text
+("0.1").
 Text: `"` and `\\` and control characters escaped as `json.dumps` does; characters beyond ASCII
 kept as UTF-8 (`json.dumps` writes \\u escapes: the same text once parsed).
 """

@@ -116,7 +116,9 @@ BREAKDOWN = pa.struct(
     [("Items", pa.list_(pa.struct([("TaxRateCode", STRING), ("NetValue", AMOUNT),
                                    ("TaxValue", AMOUNT)])))]
 )  # fmt: skip
-PRODUCT_DATA = pa.struct([("ProductId", STRING), ("AgeCategoryId", STRING), ("ProductType", STRING)])
+PRODUCT_DATA = pa.struct(
+    [("ProductId", STRING), ("AgeCategoryId", STRING), ("ProductType", STRING)]
+)
 REBATE_DATA = pa.struct([("ProductId", STRING), ("RebatedItemId", STRING)])
 
 
