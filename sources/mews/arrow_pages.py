@@ -14,7 +14,7 @@ Lists and objects below an item's first level of objects (an order item's tax li
 things Arrow reads would change that text, so such a page goes the general way: a key absent
 from some objects (Arrow reads it as null; found by counting the key in the body), and a
 number sent as text into a declared decimal (Arrow takes "0.5" as 0.5; found by a search of
-the body). Both checks cost about 2 ms for a page of 1,000 items (1.7 MB).
+the body). Both checks cost about 2.3 ms of CPU for a page of 1,660 items (2.7 MB).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """JSON text of Arrow values, made column-wise: what `json.dumps` makes of each value one by one.
 
-The order items keep their tax lists and `Data` objects as JSON text; made per item in Python
-(`json.dumps`, and `Decimal(repr(float))` for the amounts around it) a page of 1,000 items cost
-about 30 ms of CPU, most of a sync's time (issue 21).
+The order items keep their tax lists and `Data` objects as JSON text. Made per item in Python
+(`json.dumps`, and `Decimal(repr(float))` for the amounts around it), a page of 1,000 items
+costs 90 ms of CPU decoded and typed; read by Arrow with this text made column-wise, 26 ms
+(`benchmarks/bench.py`, 2026-12-03; issue 21).
 
 The text has `json.dumps`'s separators (", " and ": ") and keys in the order Arrow holds them.
 Numbers: integers as they were; decimals without trailing zeros ("21" for 21.000000000000;
