@@ -559,47 +559,58 @@ def bench_heavier(orders: int, repeats: int, folder: Path) -> list[str]:
 
 def bench_pages(repeats: int = 7, rounds: int = 50) -> list[str]:
     """CPU per page of 1,000 orders, decoded and typed as the source does, with and without
-    three fields the pipeline does not know, and the general way for comparison."""
+    three fields the pipeline does not know, and the general way for comparison; and per
+    page of 1,000 order items (the sandbox's items of its first orders) the same two ways."""
     import orjson
 
     from mews_sandbox import Sandbox, SandboxConfig
     from sources.mews.arrow_pages import ArrowPageReader
-    from sources.mews.tables import ORDER_COLUMNS, raw_schema, to_table
+    from sources.mews.tables import ORDER_COLUMNS, ORDER_ITEM_COLUMNS, raw_schema, to_table
+
+    orders, items = "ProductServiceOrders", "OrderItems"
 
     def page(heavier: bool) -> bytes:
         sandbox = Sandbox.generate(
             orders=1000, seed=SEED, config=SandboxConfig(heavier_data=heavier), now=ANCHOR
         )
-        return orjson.dumps({"ProductServiceOrders": sandbox.orders(), "Cursor": "c"})
+        return orjson.dumps({orders: sandbox.orders(), "Cursor": "c"})
 
-    def arrow(body: bytes) -> None:
-        reader = ArrowPageReader("ProductServiceOrders", raw_schema(ORDER_COLUMNS))
+    def item_page() -> bytes:
+        sandbox = Sandbox.generate(orders=1000, seed=SEED, now=ANCHOR)
+        return orjson.dumps({items: sandbox.order_items()[:1000], "Cursor": "c"})
+
+    def arrow(body: bytes, key: str, columns: list) -> None:
+        reader = ArrowPageReader(key, raw_schema(columns))
         for _ in range(rounds):  # one reader per walk, as the client keeps one per operation
             decoded = reader.read(body)
             assert decoded is not None
-            to_table(decoded["ProductServiceOrders"], ORDER_COLUMNS)
+            to_table(decoded[key], columns)
 
-    def general(body: bytes) -> None:
+    def general(body: bytes, key: str, columns: list) -> None:
         for _ in range(rounds):
-            to_table(orjson.loads(body)["ProductServiceOrders"], ORDER_COLUMNS)
+            to_table(orjson.loads(body)[key], columns)
 
-    bodies = {"known fields only": page(False), "three added fields": page(True)}
+    bodies = {
+        "known fields only": (page(False), orders, ORDER_COLUMNS),
+        "three added fields": (page(True), orders, ORDER_COLUMNS),
+        "order items": (item_page(), items, ORDER_ITEM_COLUMNS),
+    }
     timings: dict[str, list[float]] = {}
     for _ in range(repeats):  # interleaved
-        for label, body in bodies.items():
+        for label, page_of in bodies.items():
             for way, decode in (("Arrow", arrow), ("general", general)):
                 started = time.process_time()
-                decode(body)
+                decode(*page_of)
                 ms = (time.process_time() - started) * 1000 / rounds
                 timings.setdefault(f"{label}, {way}", []).append(ms)
     ms = {label: statistics.median(values) for label, values in timings.items()}
     lines = [
-        f"\n### A page of 1,000 orders, decoded and typed (CPU ms, median of {repeats} x "
+        f"\n### A page of 1,000 orders or items, decoded and typed (CPU ms, median of {repeats} x "
         f"{rounds})\n",
         "| page | bytes | Arrow | general way |",
         "|---|---|---|---|",
     ]
-    for label, body in bodies.items():
+    for label, (body, _, _) in bodies.items():
         lines.append(
             f"| {label} | {len(body):,} | {ms[f'{label}, Arrow']:.2f} | "
             f"{ms[f'{label}, general']:.2f} |"

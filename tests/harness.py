@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -252,6 +253,35 @@ def truth_items(sandbox: Sandbox, service_ids: set[str] | None = None) -> list[t
     return sorted(rows)
 
 
+# The columns kept as JSON text: their text may differ from Mews' ("21" for 21.0), their values
+# may not.
+ITEM_TEXTS = ("unit_amount__tax_values", "amount__breakdown", "data__product", "data__rebate")
+
+
+def json_values(text: str | None) -> Any:
+    """JSON text as values, every number an exact decimal."""
+    return None if text is None else json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def truth_item_texts(sandbox: Sandbox) -> list[tuple]:
+    """What `ITEM_TEXTS` hold for the sandbox's items of the synced services."""
+    synced = product_service_ids(sandbox)
+    return sorted(
+        (
+            i["Id"],
+            *(
+                json_values(json.dumps(value))
+                for value in (
+                    i["UnitAmount"]["TaxValues"], i["Amount"]["Breakdown"],
+                    (i["Data"] or {}).get("Product"), (i["Data"] or {}).get("Rebate"),
+                )
+            ),
+        )  # fmt: skip
+        for i in sandbox.order_items()
+        if i["ServiceId"] in synced
+    )
+
+
 def truth_products(sandbox: Sandbox) -> list[tuple]:
     synced = product_service_ids(sandbox)
     return sorted(
@@ -276,6 +306,8 @@ def assert_items_equal_truth(target: Target) -> None:
     assert len(items) == len(expected)
     assert items == expected
     assert all(isinstance(i[8], Decimal) and isinstance(i[9], Decimal) for i in items)
+    texts = sorted(target.rows(f"select id, {', '.join(ITEM_TEXTS)} from mews.order_items"))
+    assert [(t[0], *map(json_values, t[1:])) for t in texts] == truth_item_texts(target.sandbox)
     products = sorted(
         target.rows(
             "select id, service_id, name, price__gross_value, updated_utc from mews.products"

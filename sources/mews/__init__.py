@@ -457,9 +457,12 @@ def mews_source(
         """Tables of the items of one window; pages that come again are kept (the merge or
         the compaction keeps one row per item)."""
         batch: list[pa.Table] = []
-        for page in api.order_items(ids, *window, enterprise_ids):
+        pages = api.order_items(
+            ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_ITEM_COLUMNS)
+        )
+        for page in pages:
             counts.add(items=len(page))
-            batch.append(to_table([item_row(i) for i in page], ORDER_ITEM_COLUMNS))
+            batch.append(to_table(page, ORDER_ITEM_COLUMNS))
             if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
                 yield concat(batch)
                 batch = []
@@ -524,19 +527,6 @@ def service_row(service: dict[str, Any]) -> dict[str, Any]:
         "IsActive": service.get("IsActive"),
         "CreatedUtc": service.get("CreatedUtc"),
         "UpdatedUtc": service.get("UpdatedUtc"),
-    }
-
-
-def item_row(item: dict[str, Any]) -> dict[str, Any]:
-    """An order item with the product it sold (`Data.Product.ProductId`, or for a rebate
-    `Data.Rebate.ProductId`) and the item a rebate rebates lifted to the top."""
-    data = item.get("Data") if isinstance(item.get("Data"), dict) else {}
-    product = data.get("Product") if isinstance(data.get("Product"), dict) else {}
-    rebate = data.get("Rebate") if isinstance(data.get("Rebate"), dict) else {}
-    return {
-        **item,
-        "ProductId": product.get("ProductId") or rebate.get("ProductId"),
-        "RebatedItemId": rebate.get("RebatedItemId"),
     }
 
 

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from .client import MewsResponseError
+from .json_text import json_text
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 STRING = pa.string()
@@ -39,11 +40,19 @@ class Column:
     type: pa.DataType
     paths: tuple[tuple[str, ...], ...]
     always: bool = True  # False: emitted only when some item carries it
+    # A list or object kept as JSON text: its shape, declared so that Arrow reads it
+    # (`ArrowPageReader`); `json_text` then writes it column-wise.
+    raw: pa.DataType | None = None
 
 
 def col(name: str, api: str, type: pa.DataType = STRING, *alternatives: str) -> Column:
     paths = tuple(tuple(path.split(".")) for path in (api, *alternatives))
     return Column(name, type, paths)
+
+
+def text(name: str, api: str, raw: pa.DataType) -> Column:
+    """A column of the JSON text of the list or object at `api`, of the shape `raw`."""
+    return Column(name, STRING, (tuple(api.split(".")),), raw=raw)
 
 
 ORDER_COLUMNS = [
@@ -102,6 +111,17 @@ ENTERPRISE_COLUMNS = [
 ]
 
 
+TAX_VALUES = pa.list_(pa.struct([("Code", STRING), ("Value", AMOUNT)]))
+BREAKDOWN = pa.struct(
+    [("Items", pa.list_(pa.struct([("TaxRateCode", STRING), ("NetValue", AMOUNT),
+                                   ("TaxValue", AMOUNT)])))]
+)  # fmt: skip
+PRODUCT_DATA = pa.struct(
+    [("ProductId", STRING), ("AgeCategoryId", STRING), ("ProductType", STRING)]
+)
+REBATE_DATA = pa.struct([("ProductId", STRING), ("RebatedItemId", STRING)])
+
+
 def amount_columns(prefix: str, api: str) -> list[Column]:
     """An Amount object (`Currency`, `NetValue`, `GrossValue`, `TaxValues`, `Breakdown`):
     the values typed, the tax lists as JSON text (see the data dictionary)."""
@@ -109,12 +129,13 @@ def amount_columns(prefix: str, api: str) -> list[Column]:
         col(f"{prefix}__currency", f"{api}.Currency"),
         col(f"{prefix}__net_value", f"{api}.NetValue", AMOUNT),
         col(f"{prefix}__gross_value", f"{api}.GrossValue", AMOUNT),
-        col(f"{prefix}__tax_values", f"{api}.TaxValues"),
-        col(f"{prefix}__breakdown", f"{api}.Breakdown"),
+        text(f"{prefix}__tax_values", f"{api}.TaxValues", TAX_VALUES),
+        text(f"{prefix}__breakdown", f"{api}.Breakdown", BREAKDOWN),
     ]
 
 
-# ProductId and RebatedItemId sit two objects deep in Data: `item_row` lifts them.
+# The product an item sold (or, for a rebate, the product of the item it rebates) and the item
+# a rebate rebates sit two objects deep in Data: lifted to columns of their own.
 ORDER_ITEM_COLUMNS = [
     col("id", "Id"),
     col("service_order_id", "ServiceOrderId"),
@@ -134,11 +155,11 @@ ORDER_ITEM_COLUMNS = [
     *amount_columns("unit_amount", "UnitAmount"),
     *amount_columns("amount", "Amount"),
     *amount_columns("original_amount", "OriginalAmount"),
-    col("product_id", "ProductId"),
-    col("rebated_item_id", "RebatedItemId"),
+    col("product_id", "Data.Product.ProductId", STRING, "Data.Rebate.ProductId"),
+    col("rebated_item_id", "Data.Rebate.RebatedItemId"),
     col("data__discriminator", "Data.Discriminator"),
-    col("data__product", "Data.Product"),
-    col("data__rebate", "Data.Rebate"),
+    text("data__product", "Data.Product", PRODUCT_DATA),
+    text("data__rebate", "Data.Rebate", REBATE_DATA),
     col("options__canceled_with_reservation", "Options.CanceledWithReservation", pa.bool_()),
     col("creator_profile_id", "CreatorProfileId"),
     col("updater_profile_id", "UpdaterProfileId"),
@@ -182,12 +203,7 @@ def to_table(items: Sequence[dict[str, Any]] | pa.Table, columns: Sequence[Colum
             if name not in arrays and array.null_count < len(array):
                 arrays[name] = array
         return with_keys_required(pa.table(arrays))
-    try:
-        raw = pa.Table.from_pylist(list(items), schema=raw_schema(columns))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        arrays = _known_columns_by_python(items, columns)
-    else:
-        arrays = _known_columns(raw, columns)
+    arrays = _known_columns_of_objects(items, columns)
     for path, values in _unknown_fields(items, columns).items():
         name = _column_name(path)
         if name not in arrays and any(v is not None for v in values):
@@ -211,6 +227,22 @@ def _known_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[str, pa.Arr
     return arrays
 
 
+def _known_columns_of_objects(
+    items: Sequence[dict[str, Any]], columns: Sequence[Column]
+) -> dict[str, pa.Array]:
+    """The known fields of decoded items: by Arrow, but for the JSON text, which keeps any
+    key an object carries (Arrow would keep only those declared)."""
+    texts = [column for column in columns if column.raw is not None]
+    values = [column for column in columns if column.raw is None]
+    try:
+        raw = pa.Table.from_pylist(list(items), schema=raw_schema(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        arrays = _known_columns_by_python(items, columns)
+    else:
+        arrays = _known_columns(raw, values) | _known_columns_by_python(items, texts)
+    return {c.name: arrays[c.name] for c in columns if c.name in arrays}
+
+
 def _known_columns_by_python(
     items: Sequence[dict[str, Any]], columns: Sequence[Column]
 ) -> dict[str, pa.Array]:
@@ -230,23 +262,36 @@ def raw_schema(columns: Sequence[Column]) -> pa.Schema:
 
 @cache
 def _raw_schema(columns: tuple[Column, ...]) -> pa.Schema:
-    top: dict[str, pa.DataType] = {}
-    children: dict[str, dict[str, pa.DataType]] = {}
+    tree: dict[str, Any] = {}  # an object's fields: a type, or the fields of an object
     for column in columns:
-        kind = STRING if column.type == TIMESTAMP else column.type
+        kind = column.raw or (STRING if column.type == TIMESTAMP else column.type)
         for path in column.paths:
-            if len(path) == 1:
-                top[path[0]] = kind
-            else:
-                children.setdefault(path[0], {})[path[1]] = kind
-    for parent, fields in children.items():
-        top[parent] = pa.struct(list(fields.items()))
-    return pa.schema(list(top.items()))
+            _declare(tree, path, kind)
+    return pa.schema(_fields(tree))
+
+
+def _declare(tree: dict[str, Any], path: tuple[str, ...], kind: pa.DataType) -> None:
+    """Declare `path` of type `kind` in `tree`. An object declared whole (the shape of its
+    JSON text) holds what the paths into it read."""
+    *parents, last = path
+    for key in parents:
+        tree = tree.setdefault(key, {})
+        if isinstance(tree, pa.DataType):
+            return
+    if not isinstance(tree.get(last), pa.StructType):
+        tree[last] = kind
+
+
+def _fields(tree: dict[str, Any]) -> list[tuple[str, pa.DataType]]:
+    return [
+        (name, pa.struct(_fields(node)) if isinstance(node, dict) else node)
+        for name, node in tree.items()
+    ]
 
 
 def _raw_column(raw: pa.Table, path: tuple[str, ...]) -> pa.Array:
     values = raw.column(path[0]).combine_chunks()
-    return pc.struct_field(values, path[1]) if len(path) > 1 else values
+    return pc.struct_field(values, list(path[1:])) if len(path) > 1 else values
 
 
 def with_keys_required(table: pa.Table) -> pa.Table:
@@ -325,6 +370,8 @@ def _added_columns(raw: pa.Table, columns: Sequence[Column]) -> dict[tuple[str, 
 
 def _typed_array(values: list[Any] | pa.Array, type: pa.DataType, name: str) -> pa.Array:
     try:
+        if isinstance(values, pa.Array) and pa.types.is_nested(values.type) and type == STRING:
+            return json_text(values)  # a list or object declared as `Column.raw`
         if isinstance(values, pa.Array):
             return values.cast(type)
         if type == TIMESTAMP:
