@@ -184,7 +184,7 @@ def load(
     while True:
         if compacting:
             load_by_appending(source)
-        pipeline.extract(source)
+        pipeline.extract(source, loader_file_format=storage.loader_file_format)
         pipeline.normalize()
         last = not pending_work(pipeline.state, backfill)
         with storage.lock(wait):
