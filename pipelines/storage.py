@@ -45,6 +45,7 @@ class DuckDbStorage:
     analytics_path: Path
     kind = "duckdb"
     loader_file_format = None  # dlt's choice (parquet for the source's Arrow tables)
+    dlt_settings: dict[str, str] = {}  # noqa: RUF012 - read only
 
     @classmethod
     def at(cls, path: str | Path, analytics: str | Path | None = None) -> DuckDbStorage:
@@ -251,6 +252,12 @@ class PostgresStorage:
     # The source's Arrow tables go in by COPY of csv files (see `postgres_copy`); dlt's own
     # rows (its state) by INSERT statements.
     loader_file_format = POSTGRES_ARROW_FILE_FORMAT
+    # The csv files written plain, and removed once loaded rather than kept in dlt's loaded
+    # packages: gzip took 9.7 s of the 13.8 s normalize of 50,000 orders (cProfile).
+    dlt_settings: dict[str, str] = {  # noqa: RUF012 - read only
+        "NORMALIZE__DATA_WRITER__DISABLE_COMPRESSION": "true",
+        "LOAD__DELETE_COMPLETED_JOBS": "true",
+    }
 
     @classmethod
     def configured(cls) -> PostgresStorage:
