@@ -53,6 +53,8 @@ def build_pipeline(
     # Every row records the load that wrote it (`_dlt_load_id`, which the compaction relies
     # on), for this pipeline only: dlt looks the setting up under the pipeline's name first.
     os.environ.setdefault(f"{name.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    for key, value in storage.dlt_settings.items():  # the destination's own (PostgreSQL's)
+        os.environ.setdefault(f"{name.upper()}__{key}", value)
     return dlt.pipeline(
         pipeline_name=name,
         destination=storage.dlt_destination(),
@@ -184,7 +186,7 @@ def load(
     while True:
         if compacting:
             load_by_appending(source)
-        pipeline.extract(source)
+        pipeline.extract(source, loader_file_format=storage.loader_file_format)
         pipeline.normalize()
         last = not pending_work(pipeline.state, backfill)
         with storage.lock(wait):
