@@ -1,6 +1,7 @@
 """The pipeline layer's own cost, this tree against an earlier commit, side by side (issue 21).
 
     python benchmarks/side_by_side.py --orders 200000 --previous 547f0e4 --repeats 3
+    python benchmarks/side_by_side.py --previous 547f0e4 --this HEAD   # HEAD as committed
 
 On one sandbox (bench.py's), interleaved so that drift on a noisy machine hits both alike:
 the bare httpx+json loop (the floor), the first sync (`pipeline`, bench.py's scenario) of each
@@ -73,11 +74,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=200_000)
     parser.add_argument("--previous", default="547f0e4")
+    parser.add_argument("--this", help="a commit to measure instead of the working tree")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        trees = {"previous": release_tree(args.previous, folder / "trees"), "this": REPO}
+        trees = {
+            "previous": release_tree(args.previous, folder / "trees"),
+            "this": release_tree(args.this, folder / "trees") if args.this else REPO,
+        }
         sandbox = bench.SandboxProcess(args.orders)
         runs: dict[str, list[dict]] = {}
         try:
