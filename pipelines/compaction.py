@@ -118,7 +118,7 @@ def compact(sql_client: Any, destination: str) -> Compacted:
             and load_id not in (select load_id from {cleaned}))"""
         # Mostly none before a run's first load (what a killed run left): then one statement,
         # not a scan of every table's load ids.
-        ((waiting,),) = sql_client.execute_sql(f"select count(*) from {new}", legacy)
+        ((waiting,),) = sql_client.execute_sql(f"select count(*) from {new} as waiting", legacy)
         if waiting:
             done = remove_superseded(sql_client, destination, existing, new, legacy)
             sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
