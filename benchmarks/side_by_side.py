@@ -114,7 +114,11 @@ def main() -> None:
           f"(median of {args.repeats})")
     for label, done in runs.items():
         wall = "process_wall" if "process_wall" in done[0] else "wall"
-        print(f"  {label:<20} CPU {median(done, 'cpu'):6.2f} s, wall {median(done, wall):6.2f} s")
+        each = ", ".join(f"{r['cpu']:.2f}" for r in done)
+        print(
+            f"  {label:<20} CPU {median(done, 'cpu'):6.2f} s ({each}), "
+            f"wall {median(done, wall):6.2f} s"
+        )
     for name in trees:
         ratio = median(runs[f"pipeline {name}"], "cpu") / median(runs["bare"], "cpu")
         start = median(runs[f"cli {name}"], "process_wall")
