@@ -99,15 +99,13 @@ def compact(sql_client: Any, destination: str) -> Compacted:
     way, and the loads of every property into the dataset are cleaned up, whichever run does
     it, since their load ids (made when each run began to read) come in any order.
     """
-    row_id = ROW_ID[destination]
     done = Compacted()
-    existing = existing_tables(sql_client, (*APPENDED, LEGACY_MARK_TABLE))
+    existing = existing_tables(sql_client, (*APPENDED, LEGACY_MARK_TABLE, CLEANED_TABLE))
     if "product_service_orders" not in existing:
         return done
     cleaned = sql_client.make_qualified_table_name(CLEANED_TABLE)
-    sql_client.execute_sql(f"create table if not exists {cleaned} (load_id varchar not null)")
-    orders = sql_client.make_qualified_table_name("product_service_orders")
-    notes = sql_client.make_qualified_table_name("service_order_notes")
+    if CLEANED_TABLE not in existing:
+        sql_client.execute_sql(f"create table if not exists {cleaned} (load_id varchar not null)")
     loads = sql_client.make_qualified_table_name("_dlt_loads")
     with sql_client.begin_transaction():
         legacy = ""
@@ -118,29 +116,12 @@ def compact(sql_client: Any, destination: str) -> Compacted:
             )
         new = f"""(select load_id from {loads} where status = 0 and load_id > %s
             and load_id not in (select load_id from {cleaned}))"""
-        done.superseded_orders = affected(
-            sql_client, delete_superseded(orders, row_id, "updated_utc desc", new), legacy
-        )
-        if "service_order_notes" in existing:
-            # A join on keys, not dlt's merge key: that would make a delete an OR of two
-            # keys, which DuckDB cannot hash-join (a nightly into 1M orders took 79 s so).
-            # Older copies go first, so that what remains to delete was deleted in Mews.
-            done.superseded_notes = affected(
-                sql_client, delete_superseded(notes, row_id, "id", new), legacy
-            )
-            done.deleted_notes = affected(
-                sql_client,
-                f"""delete from {notes} as n using {orders} as o
-                where o.id = n.service_order_id and o._dlt_load_id in {new}
-                and n._dlt_load_id <> o._dlt_load_id""",
-                legacy,
-            )
-        if "order_items" in existing:
-            items = sql_client.make_qualified_table_name("order_items")
-            done.superseded_items = affected(
-                sql_client, delete_superseded(items, row_id, "updated_utc desc", new), legacy
-            )
-        sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
+        # Mostly none before a run's first load (what a killed run left): then one statement,
+        # not a scan of every table's load ids.
+        ((waiting,),) = sql_client.execute_sql(f"select count(*) from {new} as waiting", legacy)
+        if waiting:
+            done = remove_superseded(sql_client, destination, existing, new, legacy)
+            sql_client.execute_sql(f"insert into {cleaned} {new}", legacy)
     if done.deleted_notes:
         log.info("removed %s Mews no longer has", counted(done.deleted_notes, "note"))
     if done.superseded_orders or done.superseded_notes:
@@ -148,6 +129,39 @@ def compact(sql_client: Any, destination: str) -> Compacted:
             "removed the older copies of %s and %s read again",
             counted(done.superseded_orders, "order"),
             counted(done.superseded_notes, "note"),
+        )
+    return done
+
+
+def remove_superseded(
+    sql_client: Any, destination: str, existing: set[str], new: str, legacy: str
+) -> Compacted:
+    """The deletes of `compact`, of rows superseded by rows of the `new` loads."""
+    row_id = ROW_ID[destination]
+    orders = sql_client.make_qualified_table_name("product_service_orders")
+    notes = sql_client.make_qualified_table_name("service_order_notes")
+    done = Compacted()
+    done.superseded_orders = affected(
+        sql_client, delete_superseded(orders, row_id, "updated_utc desc", new), legacy
+    )
+    if "service_order_notes" in existing:
+        # A join on keys, not dlt's merge key: that would make a delete an OR of two
+        # keys, which DuckDB cannot hash-join (a nightly into 1M orders took 79 s so).
+        # Older copies go first, so that what remains to delete was deleted in Mews.
+        done.superseded_notes = affected(
+            sql_client, delete_superseded(notes, row_id, "id", new), legacy
+        )
+        done.deleted_notes = affected(
+            sql_client,
+            f"""delete from {notes} as n using {orders} as o
+            where o.id = n.service_order_id and o._dlt_load_id in {new}
+            and n._dlt_load_id <> o._dlt_load_id""",
+            legacy,
+        )
+    if "order_items" in existing:
+        items = sql_client.make_qualified_table_name("order_items")
+        done.superseded_items = affected(
+            sql_client, delete_superseded(items, row_id, "updated_utc desc", new), legacy
         )
     return done
 

@@ -191,12 +191,15 @@ def load(
         last = not pending_work(pipeline.state, backfill)
         with storage.lock(wait):
             pipeline.load()
-            if compacting:
-                clean_up(pipeline, report)
-            if last:
+            if compacting or last:
+                # One SQL client: dlt resolves the destination's configuration for each.
                 with pipeline.sql_client() as client:
-                    apply_views(client)
-                    report.table_rows = count_rows(client)
+                    if compacting:
+                        report.removed.add(compact(client, pipeline.destination.destination_name))
+                    if last:
+                        apply_views(client)
+                        report.table_rows = count_rows(client)
+            if last:
                 report.published = storage.publish()
                 return
         log.info("loaded %s so far; going on", counted(report.read.orders, "order"))

