@@ -59,7 +59,8 @@ START = "2021-01-01T00:00:00Z"
 END = "2026-01-01T00:00:00Z"  # the first sync's end
 NIGHTLY_END = "2026-01-02T00:00:00Z"  # the nightly sync's end
 CYCLE_END = "2026-01-08T00:00:00Z"  # 7 days on: one whole cycle of the notes refresh
-CLI_RUNS = 3  # no-change runs of the command line, after its first sync
+# No-change runs of the command line, after its first sync.
+CLI_RUNS = int(os.environ.get("BENCH_CLI_RUNS", "3"))
 # Each scenario of the pipeline: (its end_date, notes_refresh_days or None for the default).
 SYNCS = {
     "pipeline": (END, None),

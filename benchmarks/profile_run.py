@@ -97,7 +97,7 @@ def main() -> None:
         try:
             bench.measure("bare", sandbox.url, folder / "warm-up")  # as bench.py does
             if args.scenario == "cli":
-                bench.bench_cli(sandbox, folder / "cli", 0)  # the first sync, not profiled
+                bench.bench_cli(sandbox, folder, 0, before=False)  # the first sync, not profiled
             command = [
                 sys.executable,
                 __file__,
