@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.sources import DltResource
 
+from .batches import WholeBatches, concat
 from .client import (
     ClientStats,
     Counters,
@@ -53,6 +54,7 @@ from .settings import (
     DEFAULT_OVERLAP,
     DEFAULT_START_DATE,
     LEGACY_SERVICE_TYPES,
+    MAX_IDS_PER_REQUEST,
     MAX_ORDERS_PER_LOAD,
     MAX_RETRIES,
     MAX_RETRY_AFTER_SECONDS,
@@ -300,16 +302,18 @@ def mews_source(
                 counts.work_span = span
                 counts.work_total = sum(window_work(p.window, span) for p in plan)
         orders_before, step_started = counts.orders, time.monotonic()
+        batches = WholeBatches(ORDERS_PER_ITEM, MAX_IDS_PER_REQUEST)
         for planned in paced(plan):
             if (
                 max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
             ) or step_is_over(step_started, max_seconds_per_load):
                 # Enough for one load, so a long history loads in steps of bounded memory
                 # and a kill loses one step.
+                yield from batches.rest()
                 mark_step_over(state, bool(backfill))
                 return
             before = counts.orders
-            yield from orders_in(planned.services, planned.window)
+            yield from orders_in(planned.services, planned.window, batches)
             if oldest.moment and not backfill:
                 progress = state.setdefault("notes_refresh", {})
                 known = progress.get("oldest")
@@ -320,6 +324,7 @@ def mews_source(
                 done_up_to(state["notes_refresh"], planned.window[1], parse_state_time)
             else:
                 mark_read(state, planned)
+        yield from batches.rest()
         if counts.orders == orders_before:
             # Nothing read (an account without orders yet): the table and its typed columns
             # still exist, and so the views on them.
@@ -352,22 +357,18 @@ def mews_source(
         counts.refresh_share = sweep_share(progress, begin, horizon, parse_state_time)
         return [Planned(synced, w, "refresh") for a, b in ranges for w in walk_windows(a, b)]
 
-    def orders_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
+    def orders_in(
+        ids: list[str], window: tuple[datetime, datetime], batches: WholeBatches
+    ) -> Iterator[pa.Table]:
         counts.add(windows=1)
         pages = api.product_service_orders(
             ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_COLUMNS)
         )
         # The client asks for less when a request is too heavy; pages may then come again,
         # and one row per order is kept in the end.
-        batch: list[pa.Table] = []
         for page in pages:
             counts.add(order_pages=1, orders=len(page))
-            batch.append(to_table(page, ORDER_COLUMNS))
-            if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
-                yield seen(concat(batch))
-                batch = []
-        if batch:
-            yield seen(concat(batch))
+            yield from batches.add(seen(to_table(page, ORDER_COLUMNS)))
         if counts.work_span:
             counts.add(work_done=window_work(window, counts.work_span))
 
@@ -504,11 +505,6 @@ def pending_work(pipeline_state: dict[str, Any], backfill: bool = False) -> bool
     if backfill:
         return any((r.get("backfill") or {}).get("range") for r in (orders, items))
     return bool(orders.get("pending") or items.get("pending"))
-
-
-def concat(tables: list[pa.Table]) -> pa.Table:
-    """One table of pages that may differ in columns (a field only some pages carry)."""
-    return pa.concat_tables(tables, promote_options="default")
 
 
 def service_row(service: dict[str, Any]) -> dict[str, Any]:
