@@ -57,7 +57,9 @@ def find_bin_dir() -> Path | None:
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[str]:
+def throwaway_cluster(settings: str = "") -> Iterator[str]:
+    """A cluster of its own; `settings` are more lines of postgresql.conf (a benchmark's
+    pg_stat_statements)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise PostgresUnavailable(
@@ -106,7 +108,7 @@ def throwaway_cluster() -> Iterator[str]:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {port}\n"
                 f"unix_socket_directories = '{base}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n" + settings
             )
         run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "start")
         try:
