@@ -61,7 +61,8 @@ def instrumented(url: str, database: str, workdir: str, server: int) -> dict:
     result = bench.scenario("pipeline-postgres", url, database, workdir, False)
     time.sleep(0.5)
     result["phases"] = phases
-    result["in_process"] = [time.process_time() - cpu, (bench.process_tree_cpu(server) or 0) - served]
+    served = (bench.process_tree_cpu(server) or 0.0) - served
+    result["in_process"] = [time.process_time() - cpu, served]
     return result
 
 
@@ -147,7 +148,8 @@ def report(runs: dict[str, list[dict]], orders: int, lines: list[str]) -> None:
         spent = [r["phases"].get(phase, [0.0, 0.0]) for r in pg]
         print(f"| {phase} | {med([s[0] for s in spent]):.2f} | {med([s[1] for s in spent]):.2f} |")
     inside = [r["in_process"] for r in pg]
-    print(f"| whole sync() | {med([s[0] for s in inside]):.2f} | {med([s[1] for s in inside]):.2f} |")
+    client, server = med([s[0] for s in inside]), med([s[1] for s in inside])
+    print(f"| whole sync() | {client:.2f} | {server:.2f} |")
     print("\n".join(lines))
 
 
