@@ -33,6 +33,9 @@ DESTINATIONS = ("duckdb", "postgres")
 # nothing here. One thread: on 200,000 orders the load took 2.7 s of CPU and 1.5 s of wall
 # with it, 4.3 s and 2.9 s with two.
 DUCKDB_LOAD_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False, "threads": 1}
+# How the source's Arrow tables go into PostgreSQL: csv files, each loaded by COPY (see
+# `postgres_copy`, and docs/performance.md for what it costs).
+POSTGRES_ARROW_FILE_FORMAT = "csv"
 RUNS_SUFFIX = ".runs.jsonl"
 LOCK_SUFFIX = ".lock"
 ANALYTICS_SUFFIX = ".analytics.duckdb"
