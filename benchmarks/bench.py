@@ -821,7 +821,7 @@ def bench_rate_limited(orders: int, folder: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--orders", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--orders", type=int, nargs="*", default=[200_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--large-repeats",
