@@ -27,12 +27,12 @@ DESTINATIONS = ("duckdb", "postgres")
 # this limit it spills to disk. DuckDB fills its limit with blocks it has written, so the limit
 # is most of a load's memory, and the load is where a first sync peaks (highest VmRSS by phase,
 # benchmarks/memory_peak.py --sample, 1,000,000 orders: extract 339 MB, load 423 MB). 96 MB
-# took the peak of a 1,000,000-order first sync from 434 to 371 MB; 48 MB from 426 to 360 MB,
-# but 32 MB was too little for dlt's parallel inserts from the parquet files, so 64 MB keeps a
-# margin of two (349 MB at 200,000 orders, against 402 MB at 96 MB). Insertion order means
-# nothing here. One thread: on 200,000 orders the load took 2.7 s of CPU and 1.5 s of wall
-# with it, 4.3 s and 2.9 s with two.
-DUCKDB_LOAD_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False, "threads": 1}
+# took the peak of a 1,000,000-order first sync from 434 to 371 MB. Less is not safe: at 64 MB
+# the clean-up's delete of superseded notes ran out of memory ("failed to pin block") in the
+# second step of a first sync of 1,000,000 orders, and at 32 MB dlt's parallel inserts did.
+# Insertion order means nothing here. One thread: on 200,000 orders the load took 2.7 s of
+# CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
+DUCKDB_LOAD_CONFIG = {"memory_limit": "96MB", "preserve_insertion_order": False, "threads": 1}
 # How the source's Arrow tables go into PostgreSQL: csv files, each loaded by COPY (see
 # `postgres_copy`, and docs/performance.md for what it costs).
 POSTGRES_ARROW_FILE_FORMAT = "csv"
