@@ -82,9 +82,12 @@ def test_a_first_sync_killed_at_60_percent_loses_at_most_its_last_step(tmp_path)
         whole = cli(destination_env(tmp_path / "whole", url, None, **settings), "run", cwd=tmp_path)
         assert whole.returncode == 0, whole.stderr
         full = sandbox.log.count()
-        steps = requests_per_step(
-            sandbox.log.entries, load_times(Target(sandbox, tmp_path / "whole"))
-        )
+        whole_loads = load_times(Target(sandbox, tmp_path / "whole"))
+        steps = requests_per_step(sandbox.log.entries, whole_loads)
+        # A step's time from commit to commit in the whole run: its second of fetching, then
+        # its normalize and load, which a busy machine (2 test workers on 2 cores) stretches.
+        gaps = [b - a for a, b in zip(whole_loads, whole_loads[1:], strict=False)]
+        longest_step = max(gaps, default=0.0)
 
         env = destination_env(tmp_path / "killed", url, None, **settings)
         assert kill_when(env, tmp_path, lambda: sandbox.log.count() >= full * 1.6)
@@ -95,7 +98,7 @@ def test_a_first_sync_killed_at_60_percent_loses_at_most_its_last_step(tmp_path)
         # What the kill lost: the requests after the last commit, within about a step's time
         # (and what a step does before it reads: the services, the compaction).
         lost = [e for e in sandbox.log.entries[full:] if e.at > committed[-1]]
-        assert not lost or killed_at - lost[0].at <= 3 * STEP_SECONDS
+        assert not lost or killed_at - lost[0].at <= max(3 * STEP_SECONDS, 2 * longest_step)
 
         rerun = cli(env, "run", cwd=tmp_path)
         assert rerun.returncode == 0, rerun.stderr
