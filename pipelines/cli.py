@@ -196,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop_like_ctrl_c)
     try:
         setup_logging(args.log_level)
+        if loads:
+            freeze_imported_objects()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print(f"mews-sync: {INTERRUPTED if loads else 'interrupted.'}", file=sys.stderr)
@@ -206,6 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mews-sync: {sentence}", file=sys.stderr)
         return code
+
+
+def freeze_imported_objects() -> None:
+    """Import what a load needs, then keep its objects out of the garbage collector's sight.
+
+    dlt and the rest leave about 93,000 objects that live as long as the process. Python's
+    collector walked them all at each full collection and at every one of its collections at
+    exit: 0.4 s of a 1.8 s no-change run (medians of 7, 20,000 orders). Frozen (`gc.freeze`,
+    as Python's documentation suggests after start-up), they are never collected; what a run
+    creates after this is collected as before."""
+    import gc
+
+    import pipelines.mews_pipeline  # noqa: F401 - dlt, httpx, pyarrow and the source
+
+    gc.freeze()
 
 
 def stop_like_ctrl_c(signum: int, frame: FrameType | None) -> NoReturn:

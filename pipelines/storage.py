@@ -140,12 +140,13 @@ class DuckDbStorage:
             else f"Another mews-sync run is loading into {self.path}; wait for it to finish."
         )
         with file_lock(self.lock_path, busy, wait=wait):
-            held = check_duckdb_file(self.path)
+            held = open_duckdb_file(self.path)
             try:
                 yield
             finally:
                 if held is not None:
                     held.close()
+                    LEFT_WHOLE[self.path] = file_version(self.path)
 
     def publish(self) -> str:
         """Replace the analysts' copy with the file as the run left it, atomically: a reader
@@ -175,6 +176,29 @@ class DuckDbStorage:
         finally:
             os.close(directory)
         return str(self.analytics_path)
+
+
+# The DuckDB files this process checked and wrote, as it left them (size and mtime): the next
+# lock of a run need not check a file nobody else has written since. The check took 60 ms of a
+# no-change run's 1.5 s at 200,000 orders, at each of its two locks.
+LEFT_WHOLE: dict[Path, tuple[int, int]] = {}
+
+
+def file_version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def open_duckdb_file(path: Path) -> Any | None:
+    """`check_duckdb_file`, unless the file is as this process left it: then only opened."""
+    import duckdb
+
+    if path.exists() and LEFT_WHOLE.get(path) == file_version(path):
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.Error:
+            pass  # the check says what is wrong
+    return check_duckdb_file(path)
 
 
 def check_duckdb_file(path: Path) -> Any | None:

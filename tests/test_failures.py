@@ -45,7 +45,7 @@ from pipelines.lock import SyncBusyError
 from pipelines.progress import Progress
 from pipelines.runs import RunReport, read_runs
 from pipelines.storage import DuckDbStorage, configured_storage
-from sources.errors import MewsUnavailableError
+from sources.errors import MewsConfigError, MewsUnavailableError
 from sources.mews import SourceStats, walk_windows, window_work
 from sources.mews.client import ClientStats, MewsClient
 
@@ -311,6 +311,28 @@ def test_a_damaged_duckdb_file_is_named_and_left_untouched(
     sentence = one_sentence(capsys.readouterr().err)
     assert f"{database} is not a usable DuckDB file" in sentence, sentence
     assert "move it aside or restore it from a backup" in sentence
+    assert database.read_bytes() == before
+
+
+def test_a_file_damaged_after_this_process_wrote_it_is_named_at_its_next_lock(
+    synced_file, tmp_path
+):
+    """A run's later locks skip the check of a file that is as the run left it; a file
+    changed meanwhile by anyone else is checked again."""
+    database = tmp_path / "mews_sync.duckdb"
+    database.write_bytes(synced_file.read_bytes())
+    storage = DuckDbStorage(database, tmp_path / "mews_sync.analytics.duckdb")
+    with storage.lock():
+        pass
+    with storage.lock():  # as it was left: opened without the check
+        pass
+    database.write_bytes(database.read_bytes()[: database.stat().st_size // 2])
+    before = database.read_bytes()
+
+    with pytest.raises(MewsConfigError) as raised, storage.lock():
+        pass
+
+    assert f"{database} is not a usable DuckDB file" in str(raised.value)
     assert database.read_bytes() == before
 
 
