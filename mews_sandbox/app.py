@@ -592,6 +592,23 @@ class Sandbox:
                 fields["CancelledUtc"] = ts  # generated cancelled orders carry it too
             self._update_order(order, {"UpdatedUtc": ts, **fields})
 
+    def rename(self, record_id: str, name: str, *, at: datetime | None = None) -> None:
+        """Rename a service, an enterprise or a product (in each of its languages), as staff
+        do in Mews."""
+        with self._lock:
+            ts = self._ts(at)
+            if record_id in self._products:
+                product = self._products[record_id]
+                product.Names = {language: name for language in product.Names}
+                product.UpdatedUtc = ts
+            elif record_id in self._services:
+                self._services[record_id].Name = name
+                self._services[record_id].UpdatedUtc = ts
+            else:
+                self._enterprises[record_id].Name = name
+                self._enterprises[record_id].UpdatedUtc = ts
+            self._changed()
+
     def add_note(self, order_id: str, text: str, type: str = "General", *,
                  at: datetime | None = None) -> str:
         with self._lock:

@@ -15,6 +15,7 @@ from harness import (
     assert_equals_truth,
     assert_items_equal_truth,
     lagging_sandbox,
+    product_service_ids,
     users_pipeline,
 )
 
@@ -79,6 +80,38 @@ def test_items_equal_the_truth_after_every_kind_of_change(tmp_path, postgres, bu
     assert sandbox.log.count(operation=ITEMS) <= len(marks) + 2  # one window, not the history
     stored = dict(target.rows("select id, accounting_state from mews.order_items"))
     assert [stored[i] for i in changed[:5]] == ["Closed", "Closed", "Canceled", "Open", "Open"]
+
+
+WHOLE_TABLES = ("services", "enterprises", "products")  # read whole each run
+
+
+def loads_of_whole_tables(target: Target) -> dict[str, str]:
+    """The newest load that wrote each table read whole each run."""
+    return {t: target.rows(f"select max(_dlt_load_id) from mews.{t}")[0][0] for t in WHOLE_TABLES}
+
+
+def test_tables_read_whole_are_loaded_again_only_when_they_change(tmp_path, postgres):
+    sandbox = lagging_sandbox(orders=300, seed=67)
+    target = Target(sandbox, tmp_path, postgres)
+    target.sync()
+    first = loads_of_whole_tables(target)
+    target.sync()
+    assert loads_of_whole_tables(target) == first  # nothing changed: not loaded again
+
+    service_id = sorted(product_service_ids(sandbox))[0]
+    service = next(s for s in sandbox.services() if s["Id"] == service_id)
+    product = next(p for p in sandbox.products() if p["ServiceId"] == service_id)
+    sandbox.rename(service_id, "Spa & wellness")
+    sandbox.rename(service["EnterpriseId"], "Hotel Praha")
+    sandbox.rename(product["Id"], "Late checkout")
+    target.sync()
+
+    assert_items_equal_truth(target)  # the products among them
+    assert dict(target.rows("select id, name from mews.services"))[service_id] == "Spa & wellness"
+    names = dict(target.rows("select id, name from mews.enterprises"))
+    assert names[service["EnterpriseId"]] == "Hotel Praha"
+    again = loads_of_whole_tables(target)
+    assert all(again[t] > first[t] for t in WHOLE_TABLES)
 
 
 def test_amounts_are_exact_decimals_on_the_destination(tmp_path, postgres):

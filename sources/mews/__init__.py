@@ -9,6 +9,7 @@ change while its order does not), and `products` reads the services' products wh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -98,6 +99,23 @@ log = logging.getLogger("mews_sync")
 NOTE_MARKER_COLUMN = "_mews_order_without_notes"
 # Key of the source state that keeps the request sizes Mews answers in time (RequestSizes.saved).
 REQUEST_SIZES_STATE = "request_sizes"
+
+
+def if_changed(table: pa.Table) -> Iterator[pa.Table]:
+    """`table`, a resource's whole table read each run (services, enterprises, products),
+    unless it equals the one the resource last yielded (a digest in its own state, which
+    commits with the rows it describes, and goes when the resource's table is dropped).
+    The first yield is kept even if empty, so that the table exists. Loading an unchanged
+    table again changed nothing and was a merge each: 0.1 s of a no-change run's 1.86 s
+    (20,000 orders, medians of 7)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    state = dlt.current.resource_state()
+    if state.get("digest") != digest:
+        state["digest"] = digest
+        yield table
 
 
 def latest_by_id() -> dict[str, Any]:
@@ -264,7 +282,7 @@ def mews_source(
     @dlt.resource(write_disposition="merge", primary_key="id")
     def services() -> Iterator[pa.Table]:
         """Yields one table of the synced services: id, enterprise_id, name, discriminator."""
-        yield to_table(sync_services(), SERVICE_COLUMNS)  # empty, the table still exists
+        yield from if_changed(to_table(sync_services(), SERVICE_COLUMNS))
 
     @dlt.resource(write_disposition="merge", primary_key="id")
     def enterprises() -> Iterator[pa.Table]:
@@ -280,7 +298,7 @@ def mews_source(
             # then show no enterprise names.
             log.warning("enterprise names are not synced: %s", exc)
             found = []
-        yield to_table(found, ENTERPRISE_COLUMNS)  # empty, the table still exists
+        yield from if_changed(to_table(found, ENTERPRISE_COLUMNS))
 
     @dlt.resource(**latest_by_id())
     def product_service_orders() -> Iterator[pa.Table]:
@@ -426,7 +444,7 @@ def mews_source(
         ids = [s["Id"] for s in sync_services()]
         found = [product_row(p) for page in api.products(ids, enterprise_ids) for p in page]
         counts.add(products=len(found))
-        yield to_table(found, PRODUCT_COLUMNS)  # empty, the table still exists
+        yield from if_changed(to_table(found, PRODUCT_COLUMNS))
 
     # Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
     # so keeping each item's latest version read is the whole copy.
