@@ -47,6 +47,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
                 f"SOURCES__MEWS__{cause.field_name.upper()} has a value of the wrong type: "
                 f"expected {hint}, e.g. {example}."
             )
+        if raised_by(cause, "duckdb") and type(cause).__name__ == "OutOfMemoryException":
+            return EXIT_UNAVAILABLE, out_of_memory(str(cause))
         if "Could not read enough bytes from file" in str(cause):  # DuckDB's, mid-query
             return EXIT_CONFIG, truncated_file(str(cause))
         if "Could not set lock on file" in str(cause) and raised_by(cause, "duckdb", "dlt"):
@@ -107,6 +109,17 @@ def opened_during_run(message: str) -> str:
         f"Another process opened {where} during the run (a BI tool, a notebook, `duckdb "
         "-readonly`?): close it and run again, which loads what this run read; analysts "
         "should read the analytics copy instead."
+    )
+
+
+def out_of_memory(message: str) -> str:
+    """The sentence for DuckDB running out of its memory limit (or the machine's) in a load
+    or a clean-up. What the run read stays pending, and the next run loads it first."""
+    first = message.strip().splitlines()[0] if message.strip() else "out of memory"
+    return (
+        f"DuckDB ran out of memory while writing the file ({first}): run again, which loads "
+        "what this run read; if it happens again, raise MEWS_SYNC__DUCKDB_MEMORY_LIMIT "
+        "(default 96MB), e.g. to 512MB."
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ DESTINATIONS = ("duckdb", "postgres")
 # Insertion order means nothing here. One thread: on 200,000 orders the load took 2.7 s of
 # CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
 DUCKDB_LOAD_CONFIG = {"memory_limit": "96MB", "preserve_insertion_order": False, "threads": 1}
+MEMORY_LIMIT_SETTING = "mews_sync.duckdb_memory_limit"  # MEWS_SYNC__DUCKDB_MEMORY_LIMIT
+MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 # How the source's Arrow tables go into PostgreSQL: csv files, each loaded by COPY (see
 # `postgres_copy`, and docs/performance.md for what it costs).
 POSTGRES_ARROW_FILE_FORMAT = "csv"
@@ -92,7 +95,8 @@ class DuckDbStorage:
         import dlt
         from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 
-        credentials = DuckDbCredentials(str(self.path), global_config=DUCKDB_LOAD_CONFIG)
+        settings = {**DUCKDB_LOAD_CONFIG, "memory_limit": duckdb_memory_limit()}
+        credentials = DuckDbCredentials(str(self.path), global_config=settings)
         return dlt.destinations.duckdb(credentials=credentials)
 
     def check(self) -> None:
@@ -109,6 +113,7 @@ class DuckDbStorage:
                 f"The folder {folder} of the DuckDB file is not writable by this user: make it "
                 "writable, or point DESTINATION__DUCKDB__CREDENTIALS elsewhere."
             )
+        duckdb_memory_limit()  # a size DuckDB reads
 
     def run_lock_path(self, pipeline_name: str) -> Path:
         return self.path.with_name(f"{self.path.name}.{pipeline_name}{LOCK_SUFFIX}")
@@ -176,6 +181,18 @@ class DuckDbStorage:
         finally:
             os.close(directory)
         return str(self.analytics_path)
+
+
+def duckdb_memory_limit() -> str:
+    """MEWS_SYNC__DUCKDB_MEMORY_LIMIT (`duckdb_memory_limit` under [mews_sync]), else 96MB."""
+    limit = config.value(MEMORY_LIMIT_SETTING)
+    if limit is None:
+        return DUCKDB_LOAD_CONFIG["memory_limit"]
+    if not isinstance(limit, str) or not MEMORY_LIMIT.fullmatch(limit.strip()):
+        raise MewsConfigError(
+            "MEWS_SYNC__DUCKDB_MEMORY_LIMIT must be a size such as 96MB or 1GB."
+        )
+    return limit.strip()
 
 
 # The DuckDB files this process checked and wrote, as it left them (size and mtime): the next

@@ -432,6 +432,47 @@ def served_sandbox(run_settings, synced_file, monkeypatch) -> Iterator[tuple[San
         yield sandbox, database
 
 
+def synced_rows(database: Path) -> dict[str, list[tuple]]:
+    tables = ("product_service_orders", "service_order_notes", "order_items", "products")
+    with duckdb.connect(str(database), read_only=True) as con:
+        return {
+            t: sorted(con.execute(f"select id, updated_utc from mews.{t}").fetchall())
+            for t in tables
+        }
+
+
+def test_duckdb_out_of_memory_is_one_sentence_and_the_next_run_loads_it_all(
+    served_sandbox, capsys, monkeypatch
+):
+    _, database = served_sandbox
+    database.unlink()  # a first sync
+    monkeypatch.setenv("MEWS_SYNC__DUCKDB_MEMORY_LIMIT", "2MB")
+
+    assert main(["run"]) == EXIT_UNAVAILABLE
+
+    sentence = one_sentence(capsys.readouterr().err)
+    assert sentence.startswith("mews-sync: DuckDB ran out of memory while writing the file")
+    assert "raise MEWS_SYNC__DUCKDB_MEMORY_LIMIT" in sentence
+    monkeypatch.delenv("MEWS_SYNC__DUCKDB_MEMORY_LIMIT")
+    assert main(["run"]) == EXIT_OK
+    control = database.with_name("control.duckdb")
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(control))
+    assert main(["run"]) == EXIT_OK  # the same sandbox, synced in one go
+    assert synced_rows(database) == synced_rows(control)
+    assert synced_rows(database)["product_service_orders"]
+
+
+@pytest.mark.parametrize("limit", ["a lot", "96", "-1GB"])
+def test_a_memory_limit_that_is_not_a_size_is_one_sentence(
+    run_settings, capsys, monkeypatch, limit
+):
+    monkeypatch.setenv("MEWS_SYNC__DUCKDB_MEMORY_LIMIT", limit)
+    assert main(["run"]) == EXIT_CONFIG
+    assert "MEWS_SYNC__DUCKDB_MEMORY_LIMIT must be a size such as 96MB or 1GB" in one_sentence(
+        capsys.readouterr().err
+    )
+
+
 def test_service_ids_mews_does_not_list_for_the_token_are_named_before_syncing(
     served_sandbox, capsys, monkeypatch
 ):
