@@ -373,8 +373,9 @@ def status_command(args: argparse.Namespace) -> int:
     from pipelines.storage import configured_storage
 
     property = check_property(args.property, "--property") if args.property else None
-    print(status_screen(configured_storage(args.path), property))
-    return EXIT_OK
+    screen, code = status_screen(configured_storage(args.path), property)
+    print(screen)
+    return code
 
 
 def query_command(args: argparse.Namespace) -> int:

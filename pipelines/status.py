@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from pipelines.failures import EXIT_BUSY
+from pipelines.failures import EXIT_BUSY, EXIT_OK, EXIT_UNAVAILABLE
 from pipelines.lock import SyncBusyError, file_lock
 from pipelines.properties import pipeline_name
 from pipelines.runs import clock_warning, read_runs
@@ -166,10 +166,14 @@ def cell(value: Any) -> str:
 
 def status_screen(
     storage: Storage, property: str | None = None, now: datetime | None = None
-) -> str:
+) -> tuple[str, int]:
     """What an operator asks first: how far the data goes, how the last runs went, how much
     there is, and whether orders keep coming. A destination several properties load shows
-    each of them at a glance; `property` shows that one in full."""
+    each of them at a glance; `property` shows that one in full.
+
+    With the exit code `status` ends with: 0, or, when the destination could not be read and
+    only the run records are shown, 5 (a run is writing the DuckDB file) or 4 (PostgreSQL
+    cannot be reached), so that a check scripted on `status` sees it."""
     now = now or datetime.now(UTC)
     out = [f"mews-sync status of {storage.where} at {when(now)}", ""]
     runs = read_runs(storage.runs_path)
@@ -193,10 +197,11 @@ def status_screen(
             out += dlt_lines(storage, shown or "<property>")
     except SyncBusyError:
         out += ["A run is writing the DuckDB file now: its tables are not shown until it ends.", ""]
-        out += run_lines(storage, runs, now)
+        return "\n".join(out + run_lines(storage, runs, now)), EXIT_BUSY
     except MewsUnavailableError as exc:  # PostgreSQL cannot be reached: the runs say why
         out += [str(exc), ""] + run_lines(storage, runs, now)
-    return "\n".join(out)
+        return "\n".join(out), EXIT_UNAVAILABLE
+    return "\n".join(out), EXIT_OK
 
 
 def pipelines_in(reader: Reader) -> list[str]:

@@ -409,7 +409,7 @@ def test_without_an_analysts_copy_status_while_a_run_writes_shows_the_records_on
     storage = DuckDbStorage.at(operated.database)
     storage.analytics_path.unlink()
     with storage.lock():
-        assert main(["status", "--path", operated.database]) == EXIT_OK
+        assert main(["status", "--path", operated.database]) == EXIT_BUSY
     screen = capsys.readouterr().out
     assert "A run is writing the DuckDB file now" in screen
     assert "last failure: run started" in screen

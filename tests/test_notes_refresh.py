@@ -97,6 +97,6 @@ def test_notes_changed_without_bumping_their_order_are_loaded_within_the_period(
     assert max(refreshed) < len(target.orders())  # spread over the runs, not all at once
     assert f"notes refresh (every {days:g} days): re-read" in reports[-1].summary()
     assert re.search(r"about (1 request|\d+ requests) a day", reports[-1].summary())
-    screen = status_screen(DuckDbStorage.at(target.database))
+    screen, _ = status_screen(DuckDbStorage.at(target.database))
     assert f"at least every {days:g} days" in screen
     assert re.search(r"about (1 extra request|\d+ extra requests) a day", screen)

@@ -57,7 +57,7 @@ def test_a_run_that_cannot_reach_postgresql_is_recorded_and_status_shows_it(
     (run,) = read_runs(PostgresStorage.configured().runs_path)
     assert (run["status"], run["exit_code"], run["error"]) == ("failed", 4, sentence[11:])
 
-    assert main(["status"]) == EXIT_OK
+    assert main(["status"]) == EXIT_UNAVAILABLE  # what it shows is only the run records
     screen = capsys.readouterr().out
     assert "Cannot connect to PostgreSQL" in screen and "Traceback" not in screen
     assert "last failure: run started" in screen and "exit 4" in screen
