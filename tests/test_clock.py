@@ -18,6 +18,7 @@ from pipelines.failures import EXIT_OK
 from pipelines.runs import RunReport, clock_warning, read_runs, record_run
 from pipelines.status import run_lines
 from pipelines.storage import DuckDbStorage
+from sources.errors import MewsConfigError
 from sources.mews.client import (
     ClientStats,
     MewsClient,
@@ -238,6 +239,23 @@ def test_orders_mews_commits_right_after_a_run_are_loaded_by_the_next_whatever_t
     assert committed <= loaded_ids(target)
     assert_equals_truth(target)
     assert f"10 minutes {side} Mews' clock" in second.summary()
+
+
+def test_a_start_date_is_checked_against_mews_clock_not_this_machines(tmp_path):
+    """Two days off either way: a start date past for Mews is synced from, one future for
+    Mews is one sentence, whatever this machine's clock says."""
+    two_days = timedelta(days=2)
+    mews_ahead = shifted_sandbox(orders=200, seed=64, machine_ahead=-two_days)
+    tomorrow_here = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    committed = commit_five_orders(mews_ahead)  # after tomorrow_here, by Mews' clock
+    target = Target(mews_ahead, tmp_path / "behind")
+    target.sync(start_date=format_utc(tomorrow_here))
+    assert loaded_ids(target) == committed
+
+    mews_behind = shifted_sandbox(orders=200, seed=65, machine_ahead=two_days)
+    yesterday_here = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    with pytest.raises(MewsConfigError, match="is not before Mews' current time"):
+        Target(mews_behind, tmp_path / "ahead").sync(start_date=format_utc(yesterday_here))
 
 
 def test_a_caller_end_date_wins_over_mews_clock(tmp_path):

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -99,6 +99,25 @@ log = logging.getLogger("mews_sync")
 NOTE_MARKER_COLUMN = "_mews_order_without_notes"
 # Key of the source state that keeps the request sizes Mews answers in time (RequestSizes.saved).
 REQUEST_SIZES_STATE = "request_sizes"
+
+
+def check_starts(
+    start_date: str, start: datetime, backfill: tuple[datetime, datetime] | None, end: datetime
+) -> None:
+    """Raise if the sync or the backfill starts at or after `end` (Mews' clock as it listed
+    the services): nothing can have changed there. Mews' clock, not this machine's, which
+    may be wrong."""
+    if backfill and backfill[0] >= end:
+        raise MewsConfigError(
+            f"The backfill --start {format_utc(backfill[0])} is not before Mews' current time "
+            f"({format_utc(end)}), so nothing can have changed in it: give a past --start "
+            "(and --end)."
+        )
+    if start >= end:
+        raise MewsConfigError(
+            f"SOURCES__MEWS__START_DATE {start_date!r} is not before Mews' current time "
+            f"({format_utc(end)}): set a past date."
+        )
 
 
 def if_changed(table: pa.Table) -> Iterator[pa.Table]:
@@ -217,13 +236,8 @@ def mews_source(
     Making the source reads the services (one `services/getAll`), so that a wrong address or
     token, or a configured service Mews does not list, stops a run before it loads anything.
     """
-    now = datetime.now(UTC).replace(microsecond=0)
     given_end = parse_utc(end_date, "end_date") if end_date else None
     start = parse_utc(start_date, "SOURCES__MEWS__START_DATE")
-    if start >= now:
-        raise MewsConfigError(
-            f"SOURCES__MEWS__START_DATE {start_date!r} is in the future: set a past date."
-        )
     service_ids = check_ids(service_ids, "SOURCES__MEWS__SERVICE_IDS")
     enterprise_ids = check_ids(enterprise_ids, "SOURCES__MEWS__ENTERPRISE_IDS")
     backfill = None
@@ -231,12 +245,6 @@ def mews_source(
         backfill = (parse_utc(backfill_start, "--start"), parse_utc(backfill_end, "--end"))
         if backfill[0] >= backfill[1]:
             raise MewsConfigError("The backfill --start must be before its --end.")
-        if backfill[0] >= now:
-            raise MewsConfigError(
-                f"The backfill --start {format_utc(backfill[0])} is not before the current time "
-                f"({format_utc(now)} by this machine's clock), so nothing can have changed "
-                "in it: give a past --start (and --end)."
-            )
     overlap = timedelta(minutes=float(overlap_minutes))
     if overlap < timedelta(0):
         raise MewsConfigError(
@@ -310,7 +318,7 @@ def mews_source(
         state = dlt.current.resource_state()
         # A backfill leaves the watermarks alone; its own progress is kept apart, so a
         # backfill in steps (or one that was killed) goes on where it stopped.
-        plan = windows_to_read(state, ids, start, end, overlap, backfill, now)
+        plan = windows_to_read(state, ids, start, end, overlap, backfill)
         if not backfill:
             plan += plan_notes_refresh(state, ids, plan)
         if not counts.windows_total:  # the first load of the run plans them all
@@ -458,7 +466,7 @@ def mews_source(
         ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
         state = dlt.current.resource_state()
         read, step_started = 0, time.monotonic()
-        for planned in windows_to_read(state, ids, start, end, overlap, backfill, now):
+        for planned in windows_to_read(state, ids, start, end, overlap, backfill):
             if (
                 max_orders_per_load and read >= max_orders_per_load
             ) or step_is_over(step_started, max_seconds_per_load):
@@ -497,6 +505,7 @@ def mews_source(
     # earlier: what lies past the end is read by the next run, which starts at it or before.
     end = given_end or api.mews_now().replace(microsecond=0)
     counts.end = end
+    check_starts(start_date, start, backfill, end)
     return (
         services,
         enterprises,
