@@ -368,7 +368,8 @@ def run_lines(storage: Storage, runs: list[dict[str, Any]], now: datetime) -> li
         out += [
             f"  last success: {run_head(ok, now)}, {ok['seconds']} s",
             f"    read {counted(ok['orders'], 'order')} in {counted(ok['order_pages'], 'page')} "
-            f"over {counted(ok['windows'], 'window')}, {counted(ok['notes'], 'note')}; "
+            f"over {counted(ok['windows'], 'window')}, {counted(ok['notes'], 'note')}, "
+            f"{counted(ok.get('items', 0), 'order item')}; "
             f"{counted(ok['requests'], 'request')}, {counted(ok['retries'], 'retry')}, "
             f"{counted(ok['throttled'], '429')}",
         ]

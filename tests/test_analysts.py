@@ -493,7 +493,8 @@ def test_counts_of_one_are_singular_in_the_summary_and_status(tmp_path):
     screen = "\n".join(
         run_lines(DuckDbStorage.at(tmp_path / "x.duckdb"), [report.record(0)], report.started)
     )
-    assert "read 1 order in 1 page over 1 window, 1 note; 1 request, 1 retry, 1 429" in screen
+    read = "read 1 order in 1 page over 1 window, 1 note, 1 order item; 1 request, 1 retry, 1 429"
+    assert read in screen
     assert "1 orders" not in text + screen and "1 requests" not in text + screen
     assert [counted(n, "retry") for n in (0, 2)] == ["0 retries", "2 retries"]
     assert counted(1000, "day", ",") == "1,000 days" and counted(0.6, "day", ".0f") == "1 day"
