@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dlt
+import pyarrow as pa
 from dlt.common.configuration import inject_section
 from dlt.common.configuration.specs.config_section_context import ConfigSectionContext
 
@@ -63,6 +64,15 @@ def build_pipeline(
     )
 
 
+def share_freed_memory() -> None:
+    """Allocate the source's and dlt's Arrow tables with the C library's malloc, as DuckDB
+    allocates, unless ARROW_DEFAULT_MEMORY_POOL chooses otherwise. With Arrow's default
+    (mimalloc) what the extract freed stayed in mimalloc's caches, out of DuckDB's reach, and
+    the load's memory came on top of it: see docs/performance.md ("Peak RSS")."""
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 @contextmanager
 def property_settings(name: str) -> Iterator[None]:
     """dlt resolves the source's settings under the property's section first
@@ -91,6 +101,7 @@ def sync(
     and leaves no run record.
     """
     storage = storage or configured_storage()
+    share_freed_memory()
     property = check_property(property) if property else configured_property()
     name = pipeline_name(property)
     report = report or RunReport(kind=kind, where=storage.where)
@@ -179,7 +190,7 @@ def load(
         # DuckDB file before its load), loaded first so that it is never dropped; then the
         # state as the destination has it (a new working folder, another machine); then the
         # clean-up of a run killed before its own.
-        finish_interrupted_load(pipeline)
+        finish_interrupted_load(pipeline, storage.load_workers)
         pipeline.sync_destination()
         if compacting:
             clean_up(pipeline, report)
@@ -190,7 +201,7 @@ def load(
         pipeline.normalize()
         last = not pending_work(pipeline.state, backfill)
         with storage.lock(wait):
-            pipeline.load()
+            pipeline.load(workers=storage.load_workers)
             if compacting or last:
                 # One SQL client: dlt resolves the destination's configuration for each.
                 with pipeline.sql_client() as client:
@@ -212,9 +223,9 @@ def clean_up(pipeline: dlt.Pipeline, report: RunReport) -> None:
         report.removed.add(compact(client, pipeline.destination.destination_name))
 
 
-def finish_interrupted_load(pipeline: dlt.Pipeline) -> None:
+def finish_interrupted_load(pipeline: dlt.Pipeline, workers: int) -> None:
     """Load what a killed run extracted or normalized but did not load (its rows and its
-    state, so the watermarks move past them)."""
+    state, so the watermarks move past them), `workers` files at a time."""
     if not pipeline.has_pending_data:
         return
     log.warning("finishing the load an earlier run left pending")
@@ -224,7 +235,7 @@ def finish_interrupted_load(pipeline: dlt.Pipeline) -> None:
     # dataset yet (a first sync killed before its first load) dlt 1.31 then wipes the
     # working folder, pending load and all, and the run reads everything again.
     pipeline.normalize()
-    pipeline.load()
+    pipeline.load(workers=workers)
 
 
 def allow_the_state_written_twice(pipeline: dlt.Pipeline) -> None:

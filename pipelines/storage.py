@@ -53,6 +53,10 @@ class DuckDbStorage:
     kind = "duckdb"
     loader_file_format = None  # dlt's choice (parquet for the source's Arrow tables)
     dlt_settings: ClassVar[dict[str, str]] = {}
+    # One table's file at a time: DuckDB loads each with one thread anyway, and files loaded
+    # side by side each hold their own buffers (peak RSS of a first sync of 200,000 orders
+    # 365 -> 345 MB, CPU 27.0 -> 25.2 s, medians of 2; see docs/performance.md).
+    load_workers = 1
 
     @classmethod
     def at(cls, path: str | Path, analytics: str | Path | None = None) -> DuckDbStorage:
@@ -310,6 +314,7 @@ class PostgresStorage:
     # The source's Arrow tables go in by COPY of csv files (see `postgres_copy`); dlt's own
     # rows (its state) by INSERT statements.
     loader_file_format = POSTGRES_ARROW_FILE_FORMAT
+    load_workers = 20  # dlt's default: the server loads the tables' files side by side
     # The csv files written plain, and removed once loaded rather than kept in dlt's loaded
     # packages: gzip took 9.7 s of the 13.8 s normalize of 50,000 orders (cProfile).
     dlt_settings: ClassVar[dict[str, str]] = {

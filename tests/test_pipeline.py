@@ -390,3 +390,40 @@ def test_a_run_killed_between_its_load_and_the_clean_up_is_healed_by_the_next(
 
     assert sandbox.log.count(operation=NOTES) == 0
     assert_equals_truth(target)
+
+
+def test_a_duckdb_load_takes_one_file_at_a_time_and_arrow_allocates_as_duckdb_does(
+    sandbox, tmp_path, monkeypatch
+):
+    import dlt
+    import pyarrow as pa
+
+    workers: list[int] = []
+    load = dlt.Pipeline.load
+
+    def spy(self, *args, **kwargs):
+        workers.append(kwargs.get("workers", 20))
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(dlt.Pipeline, "load", spy)
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())
+    target = Target(sandbox, tmp_path, None)
+    target.sync()
+
+    assert_equals_truth(target)
+    assert workers and set(workers) == {1}
+    before = pa.system_memory_pool().bytes_allocated()
+    array = pa.array(range(100_000))
+    assert pa.system_memory_pool().bytes_allocated() >= before + array.nbytes
+
+
+def test_arrow_keeps_the_memory_pool_an_operator_chose(monkeypatch):
+    import pyarrow as pa
+
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+    pa.set_memory_pool(pa.mimalloc_memory_pool())
+    mews_pipeline.share_freed_memory()
+    before = pa.system_memory_pool().bytes_allocated()
+    pa.array(range(100_000))
+    assert pa.system_memory_pool().bytes_allocated() == before
