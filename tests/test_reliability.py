@@ -235,7 +235,6 @@ def synced_once(tmp_path_factory) -> Iterator[tuple[Sandbox, str, Path]]:
         ({"SOURCES__MEWS__CLIENT_TOKEN": ""}, ("run",), "CLIENT_TOKEN"),
         ({"SOURCES__MEWS__PLATFORM_URL": "api.mews.com"}, ("run",), "PLATFORM_URL"),
         ({"SOURCES__MEWS__START_DATE": "yesterday"}, ("run",), "START_DATE"),
-        ({"SOURCES__MEWS__START_DATE": "2999-01-01"}, ("run",), "in the future"),
         ({"SOURCES__MEWS__SERVICE_IDS": '{"a": 1}'}, ("run",), "SERVICE_IDS"),
         ({"SOURCES__MEWS__SERVICE_IDS": "[1, 2]"}, ("run",), "SERVICE_IDS"),
         ({"SOURCES__MEWS__SERVICE_IDS": "not-json"}, ("run",), "SERVICE_IDS"),
@@ -260,6 +259,25 @@ def test_bad_input_gets_one_sentence_exit_2_and_changes_nothing(
     assert words in one_sentence(result.stderr)
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before
     assert sandbox.log.count() == requests_before
+
+
+def test_a_start_date_after_mews_clock_is_one_sentence_exit_2_and_reads_no_order(
+    synced_once, tmp_path
+):
+    """Checked against Mews' clock, which the services' answer gives: no order is read."""
+    sandbox, url, template = synced_once
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    database = tmp_path / "mews_sync.duckdb"
+    before = hashlib.sha256(database.read_bytes()).hexdigest()
+    orders_before = sandbox.log.count(operation="productServiceOrders/getAll")
+    env = cli_env(tmp_path, url, SOURCES__MEWS__START_DATE="2999-01-01")
+
+    result = cli(env, "run", cwd=tmp_path)
+
+    assert result.returncode == EXIT_CONFIG
+    assert "is not before Mews' current time" in one_sentence(result.stderr)
+    assert hashlib.sha256(database.read_bytes()).hexdigest() == before
+    assert sandbox.log.count(operation="productServiceOrders/getAll") == orders_before
 
 
 # -- crashes and concurrent runs -------------------------------------------------------------
