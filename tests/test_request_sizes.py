@@ -17,6 +17,7 @@ from mews_sandbox import Faults, serve
 from sources.mews.client import RequestTimedOutError
 from sources.mews.settings import MIN_PAGE_SIZE, NOTES_OPERATION, PAGE_SIZE
 from sources.mews.sizes import RequestSizes
+from sources.stop import STOPPING, RunStopped
 
 
 def size_of(body: dict[str, Any]) -> int:
@@ -294,3 +295,30 @@ def test_a_first_sync_learns_the_size_once_and_the_next_run_starts_from_it(tmp_p
     assert (stored["ceiling"], stored["answered"]) == (250, 250)
     assert second.stats.timeouts == 0
     assert max(size_of(e.body) for e in sandbox.log.entries) == 250
+
+
+def test_a_stop_ends_the_wait_for_a_large_requests_turn():
+    """A thread waiting for its turn behind a large request whose thread was stopped (and so
+    may never give the turn back) ends at the stop, so the process can exit."""
+    sizes = RequestSizes()
+    ended: list[BaseException] = []
+
+    def wait_for_turn() -> None:
+        try:
+            with sizes.turn(PAGE_SIZE):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - what ended the wait is the result
+            ended.append(exc)
+
+    with sizes.turn(PAGE_SIZE):  # a large request in flight, its turn never given back here
+        waiting = threading.Thread(target=wait_for_turn)
+        waiting.start()
+        time.sleep(0.2)
+        assert waiting.is_alive() and not ended  # it waits its turn
+        STOPPING.set()
+        try:
+            waiting.join(timeout=2)
+        finally:
+            STOPPING.clear()
+        assert not waiting.is_alive()
+        assert len(ended) == 1 and isinstance(ended[0], RunStopped)

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from sources.stop import stoppable_lock
+
 from .settings import MIN_PAGE_SIZE, PAGE_SIZE, REQUEST_SIZE_PROBE_AFTER
 
 # Failures of sizes answered in time before, with no answer in time in between, after which
@@ -64,7 +66,7 @@ class RequestSizes:
         if size <= self.answered:
             yield size <= self.ceiling
             return
-        with self._heavy:
+        with stoppable_lock(self._heavy):
             yield size <= self.ceiling
 
     def answered_in_time(self, size: int) -> None:
