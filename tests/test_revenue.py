@@ -213,6 +213,36 @@ def test_a_plain_pipeline_run_keeps_one_row_per_item(tmp_path, postgres):
     assert_items_equal_truth(target)
 
 
+def test_a_plain_pipeline_run_loads_a_renamed_product_and_not_an_unchanged_one(
+    tmp_path, postgres
+):
+    sandbox = lagging_sandbox(orders=300, seed=68)
+    target = Target(sandbox, tmp_path, postgres)
+    pipeline = users_pipeline(target, tmp_path)
+
+    def source() -> Any:
+        return mews_source(
+            platform_url="http://sandbox.local",
+            client_token=sandbox.client_token,
+            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
+            transport=SandboxTransport(sandbox),
+            start_date=START_DATE,
+            rate_limit_requests=0,
+        )
+
+    def tables_loaded() -> set[str]:
+        (package,) = pipeline.run(source()).load_packages
+        return {job.job_file_info.table_name for job in package.jobs["completed_jobs"]}
+
+    assert set(WHOLE_TABLES) <= tables_loaded()
+    assert not set(WHOLE_TABLES) & tables_loaded()  # nothing changed: not loaded again
+    service_id = sorted(product_service_ids(sandbox))[0]
+    product = next(p for p in sandbox.products() if p["ServiceId"] == service_id)
+    sandbox.rename(product["Id"], "Late checkout")
+    assert set(WHOLE_TABLES) & tables_loaded() == {"products"}
+    assert_items_equal_truth(target)
+
+
 def test_the_command_line_keeps_items_equal_to_the_truth(tmp_path, postgres):
     from test_reliability import ACCESS_TOKEN, CLIENT_TOKEN, cli, cli_env
 
