@@ -8,6 +8,7 @@ import pytest
 from harness import FakeClock
 
 from sources.mews import check_ids, group_by_start, parse_utc, service_row, walk_windows
+from sources.mews import client as client_module
 from sources.mews.arrow_pages import ArrowPageReader
 from sources.mews.client import (
     MewsClient,
@@ -52,6 +53,26 @@ def test_limiter_counts_a_request_until_a_window_after_its_answer():
     for k in range(3, 9):
         assert starts[k] >= answered[k - 3] + 30.0
     assert starts[3] <= answered[0] + 30.5  # and not much later: no throughput is given away
+
+
+def test_clients_of_one_token_share_its_limiter_and_the_token_is_not_kept():
+    clock = FakeClock()
+
+    def client(access_token: str) -> MewsClient:
+        return MewsClient(
+            "https://api.mews-demo.com", "client", access_token,
+            rate_limit=(3, 30.0), clock=clock, sleep=clock.sleep,
+        )
+
+    first, again, other = client("token-a"), client("token-a"), client("token-b")
+    assert first._limiter is again._limiter  # a run's next step, or a property sharing it
+    assert other._limiter is not first._limiter
+    for _ in range(3):
+        first._limiter.acquire(clock.sleep)
+        first._limiter.release()
+    waited, _ = again._limiter.acquire(clock.sleep)
+    assert waited >= 30.0  # the 4th request of the token waits, whichever client sends it
+    assert not any("token-a" in str(key) for key in client_module._LIMITERS)
 
 
 def test_retry_after_accepts_seconds_and_http_dates():

@@ -105,6 +105,19 @@ def test_client_side_limiter_keeps_a_full_sync_free_of_429s(sandbox, tmp_path):
     assert_equals_truth(target)
 
 
+def test_the_steps_of_a_run_share_the_tokens_limit(sandbox, tmp_path):
+    # Each step makes a new source and client; the limit is the token's, so a step must
+    # count the previous step's requests of the last window (a limiter per client did not:
+    # three 429s here).
+    sandbox.config.rate_limit = (25, 1.0)
+    target = Target(sandbox, tmp_path)
+    target.sync(rate_limit_requests=25, rate_limit_seconds=1.0, max_orders_per_load=300)
+    loads = target.rows("select count(*) from mews._dlt_loads")[0][0]
+    assert loads >= 5  # 2,000 orders in steps of about 300
+    assert sandbox.log.count(status=429) == 0
+    assert_equals_truth(target)
+
+
 @pytest.mark.parametrize("retry_after_header", [True, False])
 def test_429s_are_waited_out(sandbox, tmp_path, retry_after_header):
     sandbox.config.faults = Faults(seed=3, error_429=0.06, retry_after_header=retry_after_header)
