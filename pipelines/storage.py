@@ -12,7 +12,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +57,12 @@ class DuckDbStorage:
     # side by side each hold their own buffers (peak RSS of a first sync of 200,000 orders
     # 365 -> 345 MB, CPU 27.0 -> 25.2 s, medians of 2; see docs/performance.md).
     load_workers = 1
+    # The file as this object's last write lock left it (size, mtime): the next lock of the
+    # run need not check a file nobody else has written since. The check took 60 ms of a
+    # no-change run's 1.5 s at 200,000 orders, at each of its two locks.
+    left_whole: dict[Path, tuple[int, int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def at(cls, path: str | Path, analytics: str | Path | None = None) -> DuckDbStorage:
@@ -149,13 +155,13 @@ class DuckDbStorage:
             else f"Another mews-sync run is loading into {self.path}; wait for it to finish."
         )
         with file_lock(self.lock_path, busy, wait=wait):
-            held = open_duckdb_file(self.path)
+            held = open_duckdb_file(self.path, self.left_whole.get(self.path))
             try:
                 yield
             finally:
                 if held is not None:
                     held.close()
-                    LEFT_WHOLE[self.path] = file_version(self.path)
+                    self.left_whole[self.path] = file_version(self.path)
 
     def publish(self) -> str:
         """Replace the analysts' copy with the file as the run left it, atomically: a reader
@@ -199,22 +205,17 @@ def duckdb_memory_limit() -> str:
     return limit.strip()
 
 
-# The DuckDB files this process checked and wrote, as it left them (size and mtime): the next
-# lock of a run need not check a file nobody else has written since. The check took 60 ms of a
-# no-change run's 1.5 s at 200,000 orders, at each of its two locks.
-LEFT_WHOLE: dict[Path, tuple[int, int]] = {}
-
-
 def file_version(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 
 
-def open_duckdb_file(path: Path) -> Any | None:
-    """`check_duckdb_file`, unless the file is as this process left it: then only opened."""
+def open_duckdb_file(path: Path, left: tuple[int, int] | None) -> Any | None:
+    """`check_duckdb_file`, unless the file is as the caller `left` it (`file_version`): then
+    only opened."""
     import duckdb
 
-    if path.exists() and LEFT_WHOLE.get(path) == file_version(path):
+    if left is not None and path.exists() and left == file_version(path):
         try:
             return duckdb.connect(str(path))
         except duckdb.Error:

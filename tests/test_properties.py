@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import Target, assert_equals_truth, one_sentence
+from harness import Target, assert_equals_truth, one_sentence, product_service_ids
 from test_reliability import CLIENT_TOKEN, REPO, cli, cli_env
 
 from mews_sandbox import Faults, Sandbox, serve
@@ -123,6 +123,30 @@ def wait_for_orders_request(sandbox: Sandbox, services: set[str], after: int) ->
     raise AssertionError("the run never asked for its orders")
 
 
+def rename_in_each_property(sandbox: Sandbox, enterprises: dict[str, str]) -> dict[str, str]:
+    """Renames each property's enterprise and one of its services and products (tables each
+    property reads whole, loaded again only when they change); returns id -> new name."""
+    renamed = {}
+    for name, enterprise in enterprises.items():
+        service = sorted(services_of(sandbox, enterprise) & product_service_ids(sandbox))[0]
+        product = next(p["Id"] for p in sandbox.products() if p["ServiceId"] == service)
+        for record, kind in ((enterprise, "hotel"), (service, "spa"), (product, "late checkout")):
+            renamed[record] = f"{name} {kind}"
+            sandbox.rename(record, renamed[record])
+    return renamed
+
+
+def assert_names_equal(target: Target, renamed: dict[str, str]) -> None:
+    """The renames are in the tables, and the tables read whole hold one row per record."""
+    for table in ("services", "enterprises", "products"):
+        ids = [row[0] for row in target.rows(f"select id from mews.{table}")]
+        assert len(ids) == len(set(ids)), f"duplicate {table}"
+    names = dict(target.rows("select id, name from mews.enterprises"))
+    names |= dict(target.rows("select id, name from mews.services"))
+    names |= dict(target.rows("select id, name from mews.products"))
+    assert {record: names.get(record) for record in renamed} == renamed
+
+
 def test_three_properties_load_one_destination_at_once(tmp_path, postgres):
     sandbox = Sandbox.generate(orders=3000, seed=21)
     sandbox.client_token = CLIENT_TOKEN
@@ -152,6 +176,7 @@ def test_three_properties_load_one_destination_at_once(tmp_path, postgres):
             for other in PROPERTIES:
                 assert firsts[one] < lasts[other], (one, other, firsts, lasts)
 
+        renamed = rename_in_each_property(sandbox, enterprises)
         touched = change_everything(sandbox, random.Random(7))
         sandbox.config.faults = Faults(latency_s=0.05)  # long enough to be killed mid-run
         before = len(sandbox.log.entries)
@@ -164,6 +189,7 @@ def test_three_properties_load_one_destination_at_once(tmp_path, postgres):
         sandbox.config.faults = Faults()
         run_all(env, tmp_path, ("airport",))
         assert_equals_truth(target)
+        assert_names_equal(target, renamed)
 
     runs = read_runs(runs_path(tmp_path, postgres))
     assert {r["property"] for r in runs} == set(PROPERTIES)
