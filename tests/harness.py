@@ -156,6 +156,20 @@ def users_pipeline(target: Target, tmp_path: Path) -> Any:
     )
 
 
+def users_source(sandbox: Sandbox) -> Any:
+    """The source as a user's `pipeline.run` takes it, reading the sandbox in-process."""
+    from sources.mews import mews_source
+
+    return mews_source(
+        platform_url="http://sandbox.local",
+        client_token=sandbox.client_token,
+        access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
+        transport=SandboxTransport(sandbox),
+        start_date=START_DATE,
+        rate_limit_requests=0,
+    )
+
+
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 

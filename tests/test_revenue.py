@@ -17,11 +17,11 @@ from harness import (
     lagging_sandbox,
     product_service_ids,
     users_pipeline,
+    users_source,
 )
 
-from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
+from mews_sandbox import Sandbox
 from pipelines import mews_pipeline
-from sources.mews import mews_source
 
 ITEMS = "orderItems/getAll"
 
@@ -196,14 +196,7 @@ def test_a_plain_pipeline_run_keeps_one_row_per_item(tmp_path, postgres):
     pipeline = users_pipeline(target, tmp_path)
 
     def source() -> Any:
-        return mews_source(
-            platform_url="http://sandbox.local",
-            client_token=sandbox.client_token,
-            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
-            transport=SandboxTransport(sandbox),
-            start_date=START_DATE,
-            rate_limit_requests=0,
-        )
+        return users_source(sandbox)
 
     pipeline.run(source())
     assert_items_equal_truth(target)
@@ -221,14 +214,7 @@ def test_a_plain_pipeline_run_loads_a_renamed_product_and_not_an_unchanged_one(
     pipeline = users_pipeline(target, tmp_path)
 
     def source() -> Any:
-        return mews_source(
-            platform_url="http://sandbox.local",
-            client_token=sandbox.client_token,
-            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
-            transport=SandboxTransport(sandbox),
-            start_date=START_DATE,
-            rate_limit_requests=0,
-        )
+        return users_source(sandbox)
 
     def tables_loaded() -> set[str]:
         (package,) = pipeline.run(source()).load_packages

@@ -16,10 +16,10 @@ from harness import (
     change_orders_and_notes,
     lagging_sandbox,
     users_pipeline,
+    users_source,
 )
 
-from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, SandboxTransport, serve
-from sources.mews import mews_source
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, serve
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,14 +31,7 @@ def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tm
     pipeline = users_pipeline(target, tmp_path)
 
     def source():
-        return mews_source(
-            platform_url="http://sandbox.local",
-            client_token=sandbox.client_token,
-            access_token=DEMO_PORTFOLIO_ACCESS_TOKEN,
-            transport=SandboxTransport(sandbox),
-            start_date=START_DATE,
-            rate_limit_requests=0,
-        )
+        return users_source(sandbox)
 
     pipeline.run(source())
     assert_equals_truth(target)
