@@ -346,6 +346,7 @@ def test_a_file_damaged_after_this_process_wrote_it_is_named_at_its_next_lock(
         ("SOURCES__MEWS__NOTE_TYPES", "[]", "NOTE_TYPES is an empty list: unset it"),
         ("SOURCES__MEWS__NOTE_TYPES", '["General", ""]', "NOTE_TYPES must be a JSON list"),
         ("MEWS_SYNC__DUCKDB_MEMORY_LIMIT", "a lot", "DUCKDB_MEMORY_LIMIT must be a size"),
+        ("SOURCES__MEWS__RATE_LIMIT_REQUESTS", "-1", "RATE_LIMIT_REQUESTS must be 1 or more"),
     ],
 )
 def test_a_failed_configuration_check_leaves_nothing_behind(

@@ -183,7 +183,10 @@ class SlidingWindowLimiter:
         sleep: Callable[[float], None] = stoppable_sleep,
     ):
         if max_requests < 1 or window_seconds <= 0:
-            raise MewsConfigError("The rate limit needs at least 1 request per positive window.")
+            raise MewsConfigError(
+                "SOURCES__MEWS__RATE_LIMIT_REQUESTS must be 1 or more (0 turns the limiter "
+                "off) and SOURCES__MEWS__RATE_LIMIT_SECONDS more than 0 (default 200 per 30)."
+            )
         self.max_requests = max_requests
         self.allowed = float(max_requests)
         self.window_seconds = window_seconds + min(0.1, window_seconds * 0.01)  # timer slack
