@@ -431,7 +431,7 @@ class Sandbox:
         self._fault_rng = random.Random(0)
         self._results: OrderedDict[Hashable, list[Any]] = OrderedDict()
         # Without a data set: the enterprises and services, but no orders or notes.
-        ds = dataset or data.generate(0, seed, _default_anchor())
+        ds = dataset or data.generate(0, seed, default_anchor())
         self._enterprises = {e.Id: e for e in ds.enterprises}
         self._tokens[DEMO_ACCESS_TOKEN] = frozenset({ds.enterprises[0].Id})
         self._services = {s.Id: s for s in ds.services}
@@ -455,10 +455,11 @@ class Sandbox:
     def generate(cls, orders: int = 1000, seed: int = 0, config: SandboxConfig | None = None,
                  now: datetime | None = None) -> "Sandbox":
         """Deterministic: the same orders, seed and `now` give identical data. `now` defaults
-        to the current hour, so nothing generated lies in the future."""
+        to the hour that began at least 2 s ago, so nothing generated lies in the future or in
+        the second a run started now ends at."""
         config = config or SandboxConfig()
         with data.paused_gc():
-            dataset = data.generate(orders, seed, now or _default_anchor(),
+            dataset = data.generate(orders, seed, now or default_anchor(),
                                     legacy_values=config.legacy_values,
                                     null_note_text=config.null_note_text,
                                     heavier=config.heavier_data)
@@ -1262,8 +1263,14 @@ class Sandbox:
         return b"{}"
 
 
-def _default_anchor() -> datetime:
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+def default_anchor(now: datetime | None = None) -> datetime:
+    """The hour that began at least 2 s before `now` (default: this machine's clock). A run
+    ends its windows at Mews' clock rounded down to the second and leaves what is stamped in
+    that second to the next run; data generated at the very start of an hour, stamped with
+    that hour, would otherwise be in the second a sync started right after ends at (CI once
+    failed so)."""
+    earlier = (now or datetime.now(UTC)) - timedelta(seconds=2)
+    return earlier.replace(minute=0, second=0, microsecond=0)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

@@ -10,6 +10,10 @@ import pytest
 
 from mews_sandbox import DEMO_CLIENT_TOKEN, DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, SandboxTransport
 
+# The shared checks (harness.assert_equals_truth...) show what differs when they fail; the
+# tests import harness only after this.
+pytest.register_assert_rewrite("harness")
+
 SandboxCall = Callable[..., httpx.Response]
 
 

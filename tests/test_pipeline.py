@@ -18,6 +18,7 @@ from harness import (
 )
 
 from mews_sandbox import Sandbox, SandboxConfig, SandboxTransport
+from mews_sandbox.app import default_anchor
 from pipelines import mews_pipeline
 from sources.mews.arrow_pages import ArrowPageReader
 
@@ -203,6 +204,19 @@ def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
     assert target.rows(
         f"select state, loyalty_tier from mews.product_service_orders where id = '{order_id}'"
     ) == [("Waitlisted", "Gold")]
+    assert_equals_truth(target)
+
+
+def test_a_sandbox_made_in_an_hours_first_second_is_read_whole_by_a_sync_then(tmp_path):
+    """CI once failed so: data generated at 21:00:00.x was stamped up to 21:00:00, the second
+    a sync started then ends at and leaves to the next run. The default `now` is the hour that
+    began at least 2 s earlier, so a test's first sync reads everything its sandbox holds."""
+    moment = datetime(2026, 12, 3, 21, 0, 0, 500_000, tzinfo=UTC)
+    sandbox = Sandbox.generate(orders=1500, seed=23, now=default_anchor(moment))
+    sandbox.clock = lambda: moment
+    assert max(o["UpdatedUtc"] for o in sandbox.orders()) == "2026-12-03T20:00:00Z"
+    target = Target(sandbox, tmp_path)
+    target.sync()
     assert_equals_truth(target)
 
 
