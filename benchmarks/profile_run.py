@@ -12,7 +12,10 @@ nothing, but that clock costs about a microsecond a call, which inflates code ma
 small calls. For `cli`, a first sync by the command line comes first (not profiled), then
 `pipelines.cli.main(["run"])` runs profiled with the settings `bench.py` gives it, in its
 folder. cProfile slows Python code about twofold and native code hardly: read the shares, not
-the seconds.
+the seconds. `--timer steps` (cli only) runs no profiler: it prints the wall seconds of
+importing dlt and the pipeline, of `pipelines.cli.main(["run"])` after that, and of each main
+step in it (summed over its calls; a step inside another counts in both), for `--repeats N`
+runs, each in a fresh process; then the wall of three `python -c "import dlt"` processes.
 """
 
 from __future__ import annotations
@@ -63,8 +66,59 @@ def profiled(work: Any, output: Path, top: int, timer: str) -> None:
         stats.sort_stats(order).print_stats(top)
 
 
+# The steps `--timer steps` times: (module, class or None, function).
+STEPS = [
+    ("dlt.pipeline.pipeline", "Pipeline", name)
+    for name in ("sync_destination", "extract", "normalize", "load")
+] + [
+    ("pipelines.mews_pipeline", None, name)
+    for name in ("last_request_sizes", "build_pipeline", "mews_source", "clean_up", "compact")
+] + [
+    ("pipelines.mews_pipeline", None, "apply_views"),
+    ("pipelines.storage", "DuckDbStorage", "publish"),
+    ("pipelines.storage", None, "open_duckdb_file"),
+]
+
+
+def timed_steps(work: Any) -> None:
+    """Run `work()` with a wall timer on each of STEPS; print them, the largest first."""
+    import importlib
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def timed(function: Any, name: str) -> Any:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+        return step
+
+    for module_name, class_name, name in STEPS:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, class_name) if class_name else module
+        setattr(owner, name, timed(getattr(owner, name), name))
+    seconds["import"] = time.perf_counter() - started  # dlt, DuckDB, Arrow and the pipeline
+    started = time.perf_counter()
+    work()
+    seconds["run"] = time.perf_counter() - started
+    ranked = sorted(seconds.items(), key=lambda item: -item[1])
+    print(" ".join(f"{name} {value:.3f}" for name, value in ranked))
+
+
 def run(scenario: str, url: str, folder: Path, top: int, output: Path, timer: str) -> None:
     """In the profiled process."""
+    if timer == "steps" and scenario == "cli":
+        from pipelines.cli import main as cli  # dlt and the pipeline come with STEPS
+
+        os.environ.clear()
+        os.environ.update(bench.cli_env(url, folder / "cli"))
+        os.chdir(folder / "cli")
+        timed_steps(lambda: cli(["run"]))
+        return
     if scenario == "pipeline":
         (folder / "pipeline").mkdir()
         database, workdir = folder / "pipeline" / "bench.duckdb", folder / "pipeline" / "dlt"
@@ -88,7 +142,8 @@ def main() -> None:
     parser.add_argument("scenario", choices=["pipeline", "cli"])
     parser.add_argument("--orders", type=int, default=200_000)
     parser.add_argument("--top", type=int, default=30, help="functions to print per order")
-    parser.add_argument("--timer", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--timer", choices=["wall", "cpu", "steps"], default="wall")
+    parser.add_argument("--repeats", type=int, default=1, help="runs, with --timer steps")
     parser.add_argument("--output", type=Path, help="the stats file (default: SCENARIO.prof)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +169,11 @@ def main() -> None:
                 "RUNTIME__DLTHUB_TELEMETRY": "false",
                 "PYTHONPATH": str(bench.REPO),
             }
-            subprocess.run(command, env=env, check=True)
+            for _ in range(args.repeats if args.timer == "steps" else 1):
+                subprocess.run(command, env=env, check=True)
+            if args.timer == "steps":
+                walls = [done["process_wall"] for done in bench.import_dlt_walls(3)]
+                print("import dlt:", ", ".join(f"{wall:.2f} s" for wall in walls))
         finally:
             sandbox.close()
 
