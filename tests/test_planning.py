@@ -49,16 +49,27 @@ def test_watermarks_move_only_to_the_end_of_a_window_read_and_to_the_end_when_fi
 def test_a_backfill_in_steps_goes_on_where_it_stopped_and_leaves_the_watermarks_alone():
     state = {"watermarks": {"a": "2024-11-01T00:00:00Z"}}
     backfill = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC))
-    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END)
+    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
     assert plan[0].window[0] == backfill[0] and plan[-1].window[1] == backfill[1]
     mark_read(state, plan[0])
     mark_step_over(state, backfill=True)
     assert "pending" not in state  # a backfill's progress says so itself
-    again = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END)
+    again = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
     assert again[0].window[0] == plan[0].window[1]
-    mark_finished(state, ["a"], END, backfill=True)
-    assert windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END) == []
+    mark_finished(state, ["a"], END, backfill=True, run_id="r1")
+    assert windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1") == []
     assert state["watermarks"] == {"a": "2024-11-01T00:00:00Z"}
+
+
+def test_a_backfill_run_again_reads_its_range_again_even_ending_in_the_same_second():
+    """Only the steps of the run that finished a backfill skip it: another run, though it
+    ends at the same moment of Mews' clock, reads the whole range."""
+    backfill = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC))
+    state: dict = {}
+    windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
+    mark_finished(state, ["a"], END, backfill=True, run_id="r1")
+    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r2")
+    assert plan[0].window[0] == backfill[0] and plan[-1].window[1] == backfill[1]
 
 
 def test_a_backfill_ending_in_the_future_reads_up_to_now():

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 import dlt
@@ -36,6 +35,7 @@ from .client import (
 )
 from .planning import (
     Planned,
+    Window,
     group_by_start,
     mark_finished,
     mark_read,
@@ -169,6 +169,8 @@ class SourceStats(Counters):
     items: int = 0  # order items read (an item read in two windows counts twice)
     products: int = 0
     end: datetime | None = None  # where the windows end: `end_date`, or Mews' clock
+    # Tells this run's steps (which share these counters) from other runs, for a backfill.
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class OldestUpdate:
@@ -180,6 +182,56 @@ class OldestUpdate:
     def saw(self, moment: datetime | None) -> None:
         if moment is not None and (self.moment is None or moment < self.moment):
             self.moment = moment
+
+
+@dataclass
+class SourceRun:
+    """What the resources of one made source share: its client and counters, the services
+    it read, and its settings checked; `end` is Mews' clock when it read the services."""
+
+    api: MewsClient
+    counts: SourceStats
+    services_read: tuple[dict[str, Any], ...]
+    service_ids: list[str]  # configured, or those of `services_read`
+    enterprise_ids: list[str] | None
+    start: datetime
+    end: datetime
+    overlap: timedelta
+    backfill: Window | None
+    note_types: list[str]
+    refresh_every: timedelta
+    max_orders_per_load: int | None
+    max_seconds_per_load: float | None
+    pace: WindowPace
+    window_seconds: float | None  # the share of a step one window may take
+    oldest: OldestUpdate = field(default_factory=OldestUpdate)  # where the refresh begins
+
+    def paced(self, plan: list[Planned]) -> Iterator[Planned]:
+        """The planned windows, split to take a share of a step's time at the pace read."""
+        for planned in plan:
+            for window in self.pace.split(planned.window, self.window_seconds):
+                yield replace(planned, window=window)
+
+    def windows_to_read(self, state: dict[str, Any]) -> list[Planned]:
+        """A resource's windows of this step, incremental or the backfill's (`planning`)."""
+        return windows_to_read(
+            state,
+            self.service_ids,
+            self.start,
+            self.end,
+            self.overlap,
+            self.backfill,
+            run_id=self.counts.run_id,
+        )
+
+    def mark_finished(self, state: dict[str, Any]) -> None:
+        """A resource read its plan to the end (`planning.mark_finished`)."""
+        mark_finished(state, self.service_ids, self.end, bool(self.backfill), self.counts.run_id)
+
+    def step_is_over(self, read: int, started: float) -> bool:
+        """Whether a step that read `read` rows since `started` has done enough for one load."""
+        limit = self.max_orders_per_load
+        return bool(limit and read >= limit) or step_is_over(started, self.max_seconds_per_load)
 
 
 @dlt.source(name="mews", max_table_nesting=0)
@@ -260,7 +312,6 @@ def mews_source(
     counts = source_stats if source_stats is not None else SourceStats()
     pace = window_pace if window_pace is not None else WindowPace()
     seconds = window_seconds(max_seconds_per_load) if max_seconds_per_load else None
-    oldest = OldestUpdate()  # where the notes refresh begins
 
     api = MewsClient(
         platform_url,
@@ -278,227 +329,7 @@ def mews_source(
         sizes=request_sizes,
     )
 
-    @cache
-    def sync_services() -> tuple[dict[str, Any], ...]:
-        """The services whose orders this sync reads: configured, or discovered."""
-        found = [service_row(s) for page in api.services(service_ids, enterprise_ids) for s in page]
-        if service_ids:
-            check_configured_services(service_ids, found, bool(enterprise_ids))
-            return tuple(found)
-        return tuple(s for s in found if s["Discriminator"] == PRODUCT_SERVICE_DISCRIMINATOR)
-
-    @dlt.resource(write_disposition="merge", primary_key="id")
-    def services() -> Iterator[pa.Table]:
-        """Yields one table of the synced services: id, enterprise_id, name, discriminator."""
-        yield from if_changed(to_table(sync_services(), SERVICE_COLUMNS))
-
-    @dlt.resource(write_disposition="merge", primary_key="id")
-    def enterprises() -> Iterator[pa.Table]:
-        """Yields one table of the enterprises (properties) of the synced services: id, name,
-        short_name, chain_name, time_zone_identifier (IANA, for local days)."""
-        ids = sorted({s["EnterpriseId"] for s in sync_services() if s["EnterpriseId"]})
-        try:
-            found = [e for page in api.enterprises(ids) for e in page] if ids else []
-        except MewsApiError as exc:
-            if exc.transient:
-                raise
-            # A token without access to enterprises/getAll still syncs its orders; the views
-            # then show no enterprise names.
-            log.warning("enterprise names are not synced: %s", exc)
-            found = []
-        yield from if_changed(to_table(found, ENTERPRISE_COLUMNS))
-
-    @dlt.resource(**latest_by_id())
-    def product_service_orders() -> Iterator[pa.Table]:
-        """Yields typed tables (a few pages each) of the orders updated since each service's
-        watermark, or in the backfill's range."""
-        ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
-        # What this run learns of the sizes Mews answers in time, for its next steps and runs.
-        api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
-        state = dlt.current.resource_state()
-        # A backfill leaves the watermarks alone; its own progress is kept apart, so a
-        # backfill in steps (or one that was killed) goes on where it stopped.
-        plan = windows_to_read(state, ids, start, end, overlap, backfill)
-        if not backfill:
-            plan += plan_notes_refresh(state, ids, plan)
-        if not counts.windows_total:  # the first load of the run plans them all
-            counts.windows_total = len(plan)
-            if plan:
-                span = min(p.window[0] for p in plan), max(p.window[1] for p in plan)
-                counts.work_span = span
-                counts.work_total = sum(window_work(p.window, span) for p in plan)
-        orders_before, step_started = counts.orders, time.monotonic()
-        batches = WholeBatches(ORDERS_PER_ITEM, MAX_IDS_PER_REQUEST)
-        for planned in paced(plan):
-            if (
-                max_orders_per_load and counts.orders - orders_before >= max_orders_per_load
-            ) or step_is_over(step_started, max_seconds_per_load):
-                # Enough for one load, so a long history loads in steps of bounded memory
-                # and a kill loses one step.
-                yield from batches.rest()
-                mark_step_over(state, bool(backfill))
-                return
-            before = counts.orders
-            yield from orders_in(planned.services, planned.window, batches)
-            if oldest.moment and not backfill:
-                progress = state.setdefault("notes_refresh", {})
-                known = progress.get("oldest")
-                if not known or oldest.moment < parse_state_time(known):
-                    progress["oldest"] = format_utc(oldest.moment)
-            if planned.kind == "refresh":
-                counts.add(refreshed_orders=counts.orders - before)
-                done_up_to(state["notes_refresh"], planned.window[1], parse_state_time)
-            else:
-                mark_read(state, planned)
-        yield from batches.rest()
-        if counts.orders == orders_before:
-            # Nothing read (an account without orders yet): the table and its typed columns
-            # still exist, and so the views on them.
-            yield to_table([], ORDER_COLUMNS)
-        mark_finished(state, ids, end, bool(backfill))
-
-    def paced(plan: list[Planned]) -> Iterator[Planned]:
-        """The planned windows, split to take a share of a step's time at the pace read."""
-        for planned in plan:
-            for window in pace.split(planned.window, seconds):
-                yield replace(planned, window=window)
-
-    def plan_notes_refresh(
-        state: dict[str, Any], ids: list[str], plan: list[Planned]
-    ) -> list[Planned]:
-        """The refresh windows of this run (see `refresh.py`), over services synced before,
-        up to where their incremental windows begin."""
-        synced = [i for i in ids if i in state.get("watermarks", {})]
-        progress = state.setdefault("notes_refresh", {})
-        progress["every_days"] = refresh_every.total_seconds() / 86_400  # for `status`
-        starts = [p.window[0] for p in plan if any(i in synced for i in p.services)]
-        horizon = min(starts, default=start)
-        # From the oldest update loaded, not the start date: years before a hotel's first
-        # order would take their share of the period and leave the rest to fewer runs.
-        oldest_known = progress.get("oldest")
-        begin = max(start, parse_state_time(oldest_known)) if oldest_known else start
-        ranges = plan_refresh(progress, begin, horizon, end, refresh_every, parse_state_time)
-        counts.refresh_days = refresh_every.total_seconds() / 86_400
-        counts.refresh_ranges = [(format_utc(a), format_utc(b)) for a, b in ranges]
-        counts.refresh_share = sweep_share(progress, begin, horizon, parse_state_time)
-        return [Planned(synced, w, "refresh") for a, b in ranges for w in walk_windows(a, b)]
-
-    def orders_in(
-        ids: list[str], window: tuple[datetime, datetime], batches: WholeBatches
-    ) -> Iterator[pa.Table]:
-        counts.add(windows=1)
-        pages = api.product_service_orders(
-            ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_COLUMNS)
-        )
-        # The client asks for less when a request is too heavy; pages may then come again,
-        # and one row per order is kept in the end.
-        for page in pages:
-            counts.add(order_pages=1, orders=len(page))
-            yield from batches.add(seen(to_table(page, ORDER_COLUMNS)))
-        if counts.work_span:
-            counts.add(work_done=window_work(window, counts.work_span))
-
-    def seen(orders: pa.Table) -> pa.Table:
-        oldest.saw(pc.min(orders.column("updated_utc")).as_py())
-        return orders
-
-    @dlt.transformer(
-        data_from=product_service_orders,
-        parallelized=True,
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        primary_key="id",
-        merge_key="service_order_id",
-        columns={NOTE_MARKER_COLUMN: {"data_type": "bool", "hard_delete": True}},
-    )
-    def service_order_notes(orders: pa.Table) -> pa.Table:
-        """Yields the notes of a table of orders: all of them, whenever an order is read, and a
-        marker row for each order that has none.
-
-        A note Mews deleted is simply not returned. The merge replaces the stored notes of
-        every order in the load (`merge_key`), so it goes; the marker row (never stored) makes
-        that true of an order whose notes were all deleted.
-        """
-        order_ids = orders.column("id")
-        pages = api.service_order_notes(
-            order_ids.to_pylist(), types, enterprise_ids, item_schema=raw_schema(NOTE_COLUMNS)
-        )
-        # Never no table: the notes' columns then exist, typed, even before the first note.
-        tables = [to_table(page, NOTE_COLUMNS) for page in pages] or [to_table([], NOTE_COLUMNS)]
-        noted = sum(t.num_rows for t in tables)
-        counts.add(notes=noted)
-        without = pc.filter(
-            order_ids,
-            pc.invert(pc.is_in(order_ids, concat(tables).column("service_order_id")))
-            if noted
-            else pa.array([True] * len(order_ids), pa.bool_()),
-        )
-        markers = pa.table(
-            {
-                "id": without,
-                "service_order_id": without,
-                NOTE_MARKER_COLUMN: pa.array([True] * len(without), pa.bool_()),
-            }
-        )
-        notes = [
-            t.append_column(NOTE_MARKER_COLUMN, pa.nulls(t.num_rows, pa.bool_())) for t in tables
-        ]
-        # One item per table of orders: dlt's cost is per item, not per row.
-        return with_keys_required(concat([*notes, markers]))
-
-    @dlt.resource(write_disposition="merge", primary_key="id")
-    def products() -> Iterator[pa.Table]:
-        """Yields one table of every product of the synced services, read whole each run
-        (default products included): id, service_id, name, category, price, timestamps."""
-        ids = [s["Id"] for s in sync_services()]
-        found = [product_row(p) for page in api.products(ids, enterprise_ids) for p in page]
-        counts.add(products=len(found))
-        yield from if_changed(to_table(found, PRODUCT_COLUMNS))
-
-    # Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
-    # so keeping each item's latest version read is the whole copy.
-    @dlt.resource(**latest_by_id())
-    def order_items() -> Iterator[pa.Table]:
-        """Yields typed tables of the order items updated (their own UpdatedUtc) since each
-        service's item watermark, or in the backfill's range, up to the run's end.
-
-        Its state is its own, kept like the orders': `watermarks` per service, `pending` when
-        it stopped after `max_orders_per_load` items, `backfill` progress."""
-        ids = [s["Id"] for s in sync_services()] if not service_ids else list(service_ids)
-        state = dlt.current.resource_state()
-        read, step_started = 0, time.monotonic()
-        for planned in windows_to_read(state, ids, start, end, overlap, backfill):
-            if (
-                max_orders_per_load and read >= max_orders_per_load
-            ) or step_is_over(step_started, max_seconds_per_load):
-                mark_step_over(state, bool(backfill))
-                return
-            for table in items_in(planned.services, planned.window):
-                read += table.num_rows
-                yield table
-            mark_read(state, planned)
-        if not read:
-            yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
-        mark_finished(state, ids, end, bool(backfill))
-
-    def items_in(ids: list[str], window: tuple[datetime, datetime]) -> Iterator[pa.Table]:
-        """Tables of the items of one window; pages that come again are kept (the merge or
-        the compaction keeps one row per item)."""
-        batch: list[pa.Table] = []
-        pages = api.order_items(
-            ids, *window, enterprise_ids, item_schema=raw_schema(ORDER_ITEM_COLUMNS)
-        )
-        for page in pages:
-            counts.add(items=len(page))
-            batch.append(to_table(page, ORDER_ITEM_COLUMNS))
-            if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
-                yield concat(batch)
-                batch = []
-        if batch:
-            yield concat(batch)
-
-    # The services are read when the source is made: a wrong address, refused tokens or a
-    # configured service Mews does not list stop a run before anything is locked or written.
-    sync_services()
+    services_read = read_synced_services(api, service_ids, enterprise_ids)
     # The windows end at Mews' clock, not this machine's: ending after Mews' now would hide
     # the orders Mews then stamps before that end from this run and, past the overlap, from
     # the next. Rounding down (the Date header's whole seconds, then the end's) only ends
@@ -506,14 +337,266 @@ def mews_source(
     end = given_end or api.mews_now().replace(microsecond=0)
     counts.end = end
     check_starts(start_date, start, backfill, end)
-    return (
-        services,
-        enterprises,
-        product_service_orders,
-        service_order_notes,
-        order_items,
-        products,
+    run = SourceRun(
+        api=api,
+        counts=counts,
+        services_read=services_read,
+        service_ids=service_ids or [s["Id"] for s in services_read],
+        enterprise_ids=enterprise_ids,
+        start=start,
+        end=end,
+        overlap=overlap,
+        backfill=backfill,
+        note_types=types,
+        refresh_every=refresh_every,
+        max_orders_per_load=max_orders_per_load,
+        max_seconds_per_load=max_seconds_per_load,
+        pace=pace,
+        window_seconds=seconds,
     )
+    orders = dlt.resource(product_service_orders, **latest_by_id())(run)
+    notes = dlt.transformer(
+        service_order_notes,
+        data_from=orders,
+        parallelized=True,
+        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+        primary_key="id",
+        merge_key="service_order_id",
+        columns={NOTE_MARKER_COLUMN: {"data_type": "bool", "hard_delete": True}},
+    )(run)
+    return (
+        dlt.resource(services, write_disposition="merge", primary_key="id")(run),
+        dlt.resource(enterprises, write_disposition="merge", primary_key="id")(run),
+        orders,
+        notes,
+        dlt.resource(order_items, **latest_by_id())(run),
+        dlt.resource(products, write_disposition="merge", primary_key="id")(run),
+    )
+
+
+def read_synced_services(
+    api: MewsClient, service_ids: list[str] | None, enterprise_ids: list[str] | None
+) -> tuple[dict[str, Any], ...]:
+    """The services whose orders this sync reads: configured, or discovered. Read when the
+    source is made: a wrong address, refused tokens or a configured service Mews does not
+    list stop a run before anything is locked or written."""
+    found = [service_row(s) for page in api.services(service_ids, enterprise_ids) for s in page]
+    if service_ids:
+        check_configured_services(service_ids, found, bool(enterprise_ids))
+        return tuple(found)
+    return tuple(s for s in found if s["Discriminator"] == PRODUCT_SERVICE_DISCRIMINATOR)
+
+
+def services(run: SourceRun) -> Iterator[pa.Table]:
+    """Yields one table of the synced services: id, enterprise_id, name, discriminator."""
+    yield from if_changed(to_table(run.services_read, SERVICE_COLUMNS))
+
+
+def enterprises(run: SourceRun) -> Iterator[pa.Table]:
+    """Yields one table of the enterprises (properties) of the synced services: id, name,
+    short_name, chain_name, time_zone_identifier (IANA, for local days)."""
+    ids = sorted({s["EnterpriseId"] for s in run.services_read if s["EnterpriseId"]})
+    try:
+        found = [e for page in run.api.enterprises(ids) for e in page] if ids else []
+    except MewsApiError as exc:
+        if exc.transient:
+            raise
+        # A token without access to enterprises/getAll still syncs its orders; the views
+        # then show no enterprise names.
+        log.warning("enterprise names are not synced: %s", exc)
+        found = []
+    yield from if_changed(to_table(found, ENTERPRISE_COLUMNS))
+
+
+def product_service_orders(run: SourceRun) -> Iterator[pa.Table]:
+    """Yields typed tables (a few pages each) of the orders updated since each service's
+    watermark, or in the backfill's range, then those the notes refresh re-reads."""
+    counts = run.counts
+    # What this run learns of the sizes Mews answers in time, for its next steps and runs.
+    run.api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
+    state = dlt.current.resource_state()
+    plan = plan_orders(run, state)
+    orders_before, step_started = counts.orders, time.monotonic()
+    batches = WholeBatches(ORDERS_PER_ITEM, MAX_IDS_PER_REQUEST)
+    for planned in run.paced(plan):
+        if run.step_is_over(counts.orders - orders_before, step_started):
+            # Enough for one load, so a long history loads in steps of bounded memory
+            # and a kill loses one step.
+            yield from batches.rest()
+            mark_step_over(state, bool(run.backfill))
+            return
+        before = counts.orders
+        yield from orders_in(run, planned.services, planned.window, batches)
+        if not run.backfill:
+            note_oldest_update(state, run.oldest.moment)
+        if planned.kind == "refresh":
+            counts.add(refreshed_orders=counts.orders - before)
+            done_up_to(state["notes_refresh"], planned.window[1], parse_state_time)
+        else:
+            mark_read(state, planned)
+    yield from batches.rest()
+    if counts.orders == orders_before:
+        # Nothing read (an account without orders yet): the table and its typed columns
+        # still exist, and so the views on them.
+        yield to_table([], ORDER_COLUMNS)
+    run.mark_finished(state)
+
+
+def plan_orders(run: SourceRun, state: dict[str, Any]) -> list[Planned]:
+    """The order windows of this step: incremental (or the backfill's), then the notes
+    refresh's; the first step of a run counts them all for the progress bar."""
+    # A backfill leaves the watermarks alone; its own progress is kept apart, so a
+    # backfill in steps (or one that was killed) goes on where it stopped.
+    plan = run.windows_to_read(state)
+    if not run.backfill:
+        plan += plan_notes_refresh(run, state, plan)
+    counts = run.counts
+    if not counts.windows_total and plan:  # the first load of the run plans them all
+        counts.windows_total = len(plan)
+        span = min(p.window[0] for p in plan), max(p.window[1] for p in plan)
+        counts.work_span = span
+        counts.work_total = sum(window_work(p.window, span) for p in plan)
+    return plan
+
+
+def note_oldest_update(state: dict[str, Any], oldest: datetime | None) -> None:
+    """Keep the oldest UpdatedUtc loaded, where the notes refresh begins."""
+    if oldest is None:
+        return
+    progress = state.setdefault("notes_refresh", {})
+    known = progress.get("oldest")
+    if not known or oldest < parse_state_time(known):
+        progress["oldest"] = format_utc(oldest)
+
+
+def plan_notes_refresh(run: SourceRun, state: dict[str, Any], plan: list[Planned]) -> list[Planned]:
+    """The refresh windows of this run (see `refresh.py`), over services synced before,
+    up to where their incremental windows begin."""
+    synced = [i for i in run.service_ids if i in state.get("watermarks", {})]
+    progress = state.setdefault("notes_refresh", {})
+    days = run.refresh_every.total_seconds() / 86_400
+    progress["every_days"] = days  # for `status`
+    starts = [p.window[0] for p in plan if any(i in synced for i in p.services)]
+    horizon = min(starts, default=run.start)
+    # From the oldest update loaded, not the start date: years before a hotel's first
+    # order would take their share of the period and leave the rest to fewer runs.
+    oldest_known = progress.get("oldest")
+    begin = max(run.start, parse_state_time(oldest_known)) if oldest_known else run.start
+    ranges = plan_refresh(progress, begin, horizon, run.end, run.refresh_every, parse_state_time)
+    run.counts.refresh_days = days
+    run.counts.refresh_ranges = [(format_utc(a), format_utc(b)) for a, b in ranges]
+    run.counts.refresh_share = sweep_share(progress, begin, horizon, parse_state_time)
+    return [Planned(synced, w, "refresh") for a, b in ranges for w in walk_windows(a, b)]
+
+
+def orders_in(
+    run: SourceRun, ids: list[str], window: tuple[datetime, datetime], batches: WholeBatches
+) -> Iterator[pa.Table]:
+    """Tables of the orders of one window, in batches of whole pages."""
+    counts = run.counts
+    counts.add(windows=1)
+    pages = run.api.product_service_orders(
+        ids, *window, run.enterprise_ids, item_schema=raw_schema(ORDER_COLUMNS)
+    )
+    # The client asks for less when a request is too heavy; pages may then come again,
+    # and one row per order is kept in the end.
+    for page in pages:
+        counts.add(order_pages=1, orders=len(page))
+        orders = to_table(page, ORDER_COLUMNS)
+        run.oldest.saw(pc.min(orders.column("updated_utc")).as_py())
+        yield from batches.add(orders)
+    if counts.work_span:
+        counts.add(work_done=window_work(window, counts.work_span))
+
+
+def service_order_notes(orders: pa.Table, run: SourceRun) -> pa.Table:
+    """Yields the notes of a table of orders: all of them, whenever an order is read, and a
+    marker row for each order that has none.
+
+    A note Mews deleted is simply not returned. The merge replaces the stored notes of
+    every order in the load (`merge_key`), so it goes; the marker row (never stored) makes
+    that true of an order whose notes were all deleted.
+    """
+    order_ids = orders.column("id")
+    pages = run.api.service_order_notes(
+        order_ids.to_pylist(),
+        run.note_types,
+        run.enterprise_ids,
+        item_schema=raw_schema(NOTE_COLUMNS),
+    )
+    # Never no table: the notes' columns then exist, typed, even before the first note.
+    tables = [to_table(page, NOTE_COLUMNS) for page in pages] or [to_table([], NOTE_COLUMNS)]
+    noted = sum(t.num_rows for t in tables)
+    run.counts.add(notes=noted)
+    without = pc.filter(
+        order_ids,
+        pc.invert(pc.is_in(order_ids, concat(tables).column("service_order_id")))
+        if noted
+        else pa.array([True] * len(order_ids), pa.bool_()),
+    )
+    markers = pa.table(
+        {
+            "id": without,
+            "service_order_id": without,
+            NOTE_MARKER_COLUMN: pa.array([True] * len(without), pa.bool_()),
+        }
+    )
+    notes = [
+        t.append_column(NOTE_MARKER_COLUMN, pa.nulls(t.num_rows, pa.bool_())) for t in tables
+    ]
+    # One item per table of orders: dlt's cost is per item, not per row.
+    return with_keys_required(concat([*notes, markers]))
+
+
+def products(run: SourceRun) -> Iterator[pa.Table]:
+    """Yields one table of every product of the synced services, read whole each run
+    (default products included): id, service_id, name, category, price, timestamps."""
+    ids = [s["Id"] for s in run.services_read]
+    found = [product_row(p) for page in run.api.products(ids, run.enterprise_ids) for p in page]
+    run.counts.add(products=len(found))
+    yield from if_changed(to_table(found, PRODUCT_COLUMNS))
+
+
+# Items are never deleted in Mews (the documentation has orderItems/cancel, no delete),
+# so keeping each item's latest version read is the whole copy.
+def order_items(run: SourceRun) -> Iterator[pa.Table]:
+    """Yields typed tables of the order items updated (their own UpdatedUtc) since each
+    service's item watermark, or in the backfill's range, up to the run's end.
+
+    Its state is its own, kept like the orders': `watermarks` per service, `pending` when
+    it stopped after `max_orders_per_load` items, `backfill` progress."""
+    state = dlt.current.resource_state()
+    read, step_started = 0, time.monotonic()
+    for planned in run.windows_to_read(state):
+        if run.step_is_over(read, step_started):
+            mark_step_over(state, bool(run.backfill))
+            return
+        for table in items_in(run, planned.services, planned.window):
+            read += table.num_rows
+            yield table
+        mark_read(state, planned)
+    if not read:
+        yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
+    run.mark_finished(state)
+
+
+def items_in(
+    run: SourceRun, ids: list[str], window: tuple[datetime, datetime]
+) -> Iterator[pa.Table]:
+    """Tables of the items of one window; pages that come again are kept (the merge or
+    the compaction keeps one row per item)."""
+    batch: list[pa.Table] = []
+    pages = run.api.order_items(
+        ids, *window, run.enterprise_ids, item_schema=raw_schema(ORDER_ITEM_COLUMNS)
+    )
+    for page in pages:
+        run.counts.add(items=len(page))
+        batch.append(to_table(page, ORDER_ITEM_COLUMNS))
+        if sum(t.num_rows for t in batch) >= ORDERS_PER_ITEM:
+            yield concat(batch)
+            batch = []
+    if batch:
+        yield concat(batch)
 
 
 def stored_request_sizes(pipeline_state: dict[str, Any]) -> dict[str, Any] | None:

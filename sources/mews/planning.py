@@ -43,11 +43,13 @@ def windows_to_read(
     overlap: timedelta,
     backfill: Window | None = None,
     now: datetime | None = None,
+    run_id: str = "",
 ) -> list[Planned]:
     """The windows a resource reads this run (before the notes refresh's), and its state
-    made ready to record them (`mark_read`)."""
+    made ready to record them (`mark_read`). `run_id` tells the steps of one run (of a
+    backfill) from another run."""
     if backfill:
-        begin = backfill_begin(state, backfill, end)
+        begin = backfill_begin(state, backfill, run_id)
         if begin is None:
             return []
         # An --end in the future reads up to now, nothing being newer: to the end of the
@@ -79,25 +81,31 @@ def mark_step_over(state: dict[str, Any], backfill: bool) -> None:
 
 
 def mark_finished(
-    state: dict[str, Any], service_ids: list[str], end: datetime, backfill: bool
+    state: dict[str, Any],
+    service_ids: list[str],
+    end: datetime,
+    backfill: bool,
+    run_id: str = "",
 ) -> None:
     """Record a plan read to its end. A backfill notes the run it finished in, so that the
     steps another resource still needs in the same run do not read its range again; else
     every service is covered up to `end`, also those whose windows were all empty."""
     state.pop("pending", None)
     if backfill:
-        state["backfill"] = {"done_in_run_ending": format_utc(end)}
+        state["backfill"] = {"done_in_run": run_id}
     else:
         for service_id in service_ids:
             state["watermarks"][service_id] = format_utc(end)
 
 
-def backfill_begin(state: dict[str, Any], backfill: Window, end: datetime) -> datetime | None:
+def backfill_begin(state: dict[str, Any], backfill: Window, run_id: str) -> datetime | None:
     """Where a resource's backfill goes on: where a step (or a killed run) of the same range
-    stopped, or its start; None when an earlier step of this run (the same `end`) finished
-    it, so that the steps another resource (orders, items) still needs do not read it again."""
+    stopped, or its start; None when an earlier step of this run (`run_id`) finished it, so
+    that the steps another resource (orders, items) still needs do not read it again. Not
+    the run's end: two runs can end in the same second of Mews' clock, and the second then
+    read nothing (CI once failed so)."""
     progress = state.get("backfill") or {}
-    if progress.get("done_in_run_ending") == format_utc(end):
+    if run_id and progress.get("done_in_run") == run_id:
         return None
     wanted = [format_utc(backfill[0]), format_utc(backfill[1])]
     begin = (
