@@ -187,7 +187,8 @@ class OldestUpdate:
 @dataclass
 class SourceRun:
     """What the resources of one made source share: its client and counters, the services
-    it read, and its settings checked; `end` is Mews' clock when it read the services."""
+    it read, and its settings checked; `end` is `end_date`, or Mews' clock when it read the
+    services."""
 
     api: MewsClient
     counts: SourceStats
