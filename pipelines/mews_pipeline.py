@@ -35,7 +35,7 @@ from pipelines.storage import DATASET_NAME, Storage, configured_storage
 from pipelines.views import apply_views, count_rows
 from sources.errors import MewsConfigError, counted
 from sources.mews import mews_source, pending_work, stored_request_sizes
-from sources.mews.client import RequestSizes, format_utc
+from sources.mews.client import RequestSizes
 from sources.mews.steps import WindowPace
 
 log = logging.getLogger("mews_sync")
@@ -116,10 +116,9 @@ def sync(
             source_args.setdefault("request_sizes", sizes)
             # Made once before anything is locked or written: its configuration errors come
             # first, and it reads the services (a wrong address, unknown services).
+            # Every step of this run ends where the first does (`report.read.end`, which the
+            # steps share): at Mews' clock as it listed the services, unless the caller set an end.
             source = mews_source(stats=report.stats, source_stats=report.read, **source_args)
-            # Every step of this run ends where the first does: at Mews' clock as it listed the
-            # services, unless the caller set an end.
-            source_args["end_date"] = format_utc(report.read.end)
             with storage.run_lock(name), Progress(report.read, report.stats):
                 locked = True
                 pipeline = build_pipeline(storage, name, pipelines_dir)

@@ -12,6 +12,7 @@ from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
+    change_orders_and_notes,
     lagging_sandbox,
     product_service_ids,
     truth_orders,
@@ -205,6 +206,27 @@ def test_new_fields_and_unknown_enum_values_load(sandbox, tmp_path):
         f"select state, loyalty_tier from mews.product_service_orders where id = '{order_id}'"
     ) == [("Waitlisted", "Gold")]
     assert_equals_truth(target)
+
+
+@pytest.mark.parametrize("overlap_minutes", [5, 0])
+def test_changes_made_in_the_second_a_run_starts_are_in_that_run(
+    tmp_path, postgres, overlap_minutes
+):
+    """Mews' Date header has whole seconds, so a run's end is the start of the second it
+    began in; a change stamped later in that second (a script's change, then its sync at
+    once) used to wait for the next run. Mews' clock stands still at 12:00:00.5 here: both
+    runs end at 12:00:00, the changes are stamped 12:00:00.5, and the second run has them,
+    with no overlap too."""
+    moment = datetime(2026, 6, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+    sandbox = Sandbox.generate(orders=800, seed=29, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: moment
+    target = Target(sandbox, tmp_path, postgres, overlap_minutes=overlap_minutes)
+    first = target.sync()
+    change_orders_and_notes(sandbox)
+    second = target.sync()
+    assert first.read.end == second.read.end == moment.replace(microsecond=0)
+    assert_equals_truth(target)
+    assert set(watermarks(target).values()) == {"2026-06-01T12:00:00Z"}
 
 
 def test_a_sandbox_made_in_an_hours_first_second_is_read_whole_by_a_sync_then(tmp_path):

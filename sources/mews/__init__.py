@@ -197,6 +197,7 @@ class SourceRun:
     enterprise_ids: list[str] | None
     start: datetime
     end: datetime
+    read_until: datetime  # `end`, or the end of Mews' current second (see `mews_source`)
     overlap: timedelta
     backfill: Window | None
     note_types: list[str]
@@ -223,7 +224,12 @@ class SourceRun:
             self.overlap,
             self.backfill,
             run_id=self.counts.run_id,
+            read_until=self.read_until,
         )
+
+    def mark_read(self, state: dict[str, Any], planned: Planned) -> None:
+        """A window was read whole (`planning.mark_read`): watermarks move to `end` at most."""
+        mark_read(state, planned, self.end)
 
     def mark_finished(self, state: dict[str, Any]) -> None:
         """A resource read its plan to the end (`planning.mark_finished`)."""
@@ -280,8 +286,10 @@ def mews_source(
     began (windows are split to take a quarter of it, at the pace `window_pace` learned, see
     `steps.py`); it says so in its state (`pending_work(pipeline.state)`), and running it
     again goes on from there. `end_date` (default: Mews' clock when it listed the services,
-    kept in `source_stats.end`) ends the sync; `transport` lets tests mount the sandbox
-    in-process; `stats` and `source_stats` collect what the API client and the source did.
+    kept in `source_stats.end`, which later steps given the same `source_stats` keep; the
+    windows then read to the end of that second) ends the sync; `transport` lets tests
+    mount the sandbox in-process; `stats` and `source_stats` collect what the API client and
+    the source did.
     `request_sizes`: what the run learned so far of the sizes Mews answers in time
     (shared by its steps; `stored_request_sizes` gives what the last run kept); without it
     the orders resource starts from the state when it starts.
@@ -335,7 +343,13 @@ def mews_source(
     # the orders Mews then stamps before that end from this run and, past the overlap, from
     # the next. Rounding down (the Date header's whole seconds, then the end's) only ends
     # earlier: what lies past the end is read by the next run, which starts at it or before.
-    end = given_end or api.mews_now().replace(microsecond=0)
+    # The steps of a run share its end (and `source_stats`). Mews' Date header has whole
+    # seconds: a change stamped in the second the run began lies after that end, so the
+    # windows read to the end of that second, and the watermarks move to the end only; the
+    # next run starts at it or before and reads that second again, whatever the overlap.
+    # A caller's `end_date` is read exactly.
+    end = given_end or counts.end or api.mews_now().replace(microsecond=0)
+    read_until = end if given_end else end + timedelta(seconds=1)
     counts.end = end
     check_starts(start_date, start, backfill, end)
     run = SourceRun(
@@ -346,6 +360,7 @@ def mews_source(
         enterprise_ids=enterprise_ids,
         start=start,
         end=end,
+        read_until=read_until,
         overlap=overlap,
         backfill=backfill,
         note_types=types,
@@ -434,7 +449,7 @@ def product_service_orders(run: SourceRun) -> Iterator[pa.Table]:
             counts.add(refreshed_orders=counts.orders - before)
             done_up_to(state["notes_refresh"], planned.window[1], parse_state_time)
         else:
-            mark_read(state, planned)
+            run.mark_read(state, planned)
     yield from batches.rest()
     if counts.orders == orders_before:
         # Nothing read (an account without orders yet): the table and its typed columns
@@ -575,7 +590,7 @@ def order_items(run: SourceRun) -> Iterator[pa.Table]:
         for table in items_in(run, planned.services, planned.window):
             read += table.num_rows
             yield table
-        mark_read(state, planned)
+        run.mark_read(state, planned)
     if not read:
         yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
     run.mark_finished(state)

@@ -44,10 +44,12 @@ def windows_to_read(
     backfill: Window | None = None,
     now: datetime | None = None,
     run_id: str = "",
+    read_until: datetime | None = None,
 ) -> list[Planned]:
     """The windows a resource reads this run (before the notes refresh's), and its state
     made ready to record them (`mark_read`). `run_id` tells the steps of one run (of a
-    backfill) from another run."""
+    backfill) from another run. The incremental windows read up to `read_until` (default
+    `end`), which may pass `end`: the watermarks still move to `end` at most."""
     if backfill:
         begin = backfill_begin(state, backfill, run_id)
         if begin is None:
@@ -59,13 +61,15 @@ def windows_to_read(
         return [Planned(service_ids, w, "backfill") for w in walk_windows(begin, until)]
     watermarks = state.setdefault("watermarks", {})
     groups = group_by_start(service_ids, watermarks, start, overlap)
-    return [Planned(group, w) for g, group in groups.items() for w in walk_windows(g, end)]
+    until = read_until or end
+    return [Planned(group, w) for g, group in groups.items() for w in walk_windows(g, until)]
 
 
-def mark_read(state: dict[str, Any], planned: Planned) -> None:
+def mark_read(state: dict[str, Any], planned: Planned, end: datetime | None = None) -> None:
     """Record that `planned` was read whole: its services' watermarks, or the backfill's
-    progress, move to its end (the notes refresh records its own, `refresh.done_up_to`)."""
-    moment = format_utc(planned.window[1])
+    progress, move to its end, or to the run's `end` if the window passed it (the notes
+    refresh records its own, `refresh.done_up_to`)."""
+    moment = format_utc(min(planned.window[1], end) if end else planned.window[1])
     if planned.kind == "backfill":
         state["backfill"]["done_to"] = moment
     elif planned.kind == "incremental":
