@@ -12,6 +12,7 @@ from harness import (
     START_DATE,
     Target,
     assert_equals_truth,
+    assert_items_equal_truth,
     change_orders_and_notes,
     lagging_sandbox,
     product_service_ids,
@@ -215,17 +216,22 @@ def test_changes_made_in_the_second_a_run_starts_are_in_that_run(
     """Mews' Date header has whole seconds, so a run's end is the start of the second it
     began in; a change stamped later in that second (a script's change, then its sync at
     once) used to wait for the next run. Mews' clock stands still at 12:00:00.5 here: both
-    runs end at 12:00:00, the changes are stamped 12:00:00.5, and the second run has them,
-    with no overlap too."""
+    runs end at 12:00:00, the changes (orders, notes, order items) are stamped 12:00:00.5,
+    and the second run has them, with no overlap too."""
     moment = datetime(2026, 6, 1, 12, 0, 0, 500_000, tzinfo=UTC)
     sandbox = Sandbox.generate(orders=800, seed=29, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
     sandbox.clock = lambda: moment
     target = Target(sandbox, tmp_path, postgres, overlap_minutes=overlap_minutes)
     first = target.sync()
     change_orders_and_notes(sandbox)
+    items = sandbox.order_items()
+    sandbox.cancel_item(next(i["Id"] for i in items if i["AccountingState"] == "Open"))
+    closed = [i for i in items if i["AccountingState"] == "Closed" and i["Type"] == "ProductOrder"]
+    sandbox.rebate_item(closed[0]["Id"])
     second = target.sync()
     assert first.read.end == second.read.end == moment.replace(microsecond=0)
     assert_equals_truth(target)
+    assert_items_equal_truth(target)
     assert set(watermarks(target).values()) == {"2026-06-01T12:00:00Z"}
 
 
