@@ -339,15 +339,13 @@ def mews_source(
     )
 
     services_read = read_synced_services(api, service_ids, enterprise_ids)
-    # The windows end at Mews' clock, not this machine's: ending after Mews' now would hide
-    # the orders Mews then stamps before that end from this run and, past the overlap, from
-    # the next. Rounding down (the Date header's whole seconds, then the end's) only ends
-    # earlier: what lies past the end is read by the next run, which starts at it or before.
-    # The steps of a run share its end (and `source_stats`). Mews' Date header has whole
-    # seconds: a change stamped in the second the run began lies after that end, so the
-    # windows read to the end of that second, and the watermarks move to the end only; the
-    # next run starts at it or before and reads that second again, whatever the overlap.
-    # A caller's `end_date` is read exactly.
+    # The run ends at Mews' clock, not this machine's: an end after Mews' now would hide the
+    # orders Mews then stamps before it from this run and, past the overlap, from the next.
+    # Mews' Date header has whole seconds, so the end is the start of the second the run
+    # began in; a change stamped later in that second would lie past it, so the windows read
+    # to the end of that second, while the watermarks move to the end only: the next run
+    # starts at it or before and reads that second again, whatever the overlap. A caller's
+    # `end_date` is read exactly. The steps of a run share its end (and `source_stats`).
     end = given_end or counts.end or api.mews_now().replace(microsecond=0)
     read_until = end if given_end else end + timedelta(seconds=1)
     counts.end = end
