@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +20,7 @@ from harness import (
     users_source,
 )
 
-from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, serve
+from mews_sandbox import DEMO_PORTFOLIO_ACCESS_TOKEN, Sandbox, serve
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,20 @@ def test_a_plain_pipeline_run_keeps_one_row_per_order_and_drops_deleted_notes(tm
         "select count(*) from mews.service_order_notes where _mews_order_without_notes"
     )
     assert marker == [(0,)]  # the markers for orders without notes are never stored
+
+
+def test_a_plain_pipeline_run_has_a_change_made_in_the_second_it_starts(tmp_path, postgres):
+    """Mews' clock stands still at 12:00:00.5: both runs end at 12:00:00, the changes made
+    between them are stamped after that end, and the second plain run has them."""
+    moment = datetime(2026, 6, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+    sandbox = Sandbox.generate(orders=600, seed=47, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: moment
+    target = Target(sandbox, tmp_path, postgres)
+    pipeline = users_pipeline(target, tmp_path)
+    pipeline.run(users_source(sandbox))
+    change_orders_and_notes(sandbox)
+    pipeline.run(users_source(sandbox))
+    assert_equals_truth(target)
 
 
 def load_recipe() -> ModuleType:
