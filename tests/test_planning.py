@@ -49,15 +49,15 @@ def test_watermarks_move_only_to_the_end_of_a_window_read_and_to_the_end_when_fi
 def test_a_backfill_in_steps_goes_on_where_it_stopped_and_leaves_the_watermarks_alone():
     state = {"watermarks": {"a": "2024-11-01T00:00:00Z"}}
     backfill = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC))
-    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
+    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, run_id="r1")
     assert plan[0].window[0] == backfill[0] and plan[-1].window[1] == backfill[1]
     mark_read(state, plan[0])
     mark_step_over(state, backfill=True)
     assert "pending" not in state  # a backfill's progress says so itself
-    again = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
+    again = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, run_id="r1")
     assert again[0].window[0] == plan[0].window[1]
     mark_finished(state, ["a"], END, backfill=True, run_id="r1")
-    assert windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1") == []
+    assert windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, run_id="r1") == []
     assert state["watermarks"] == {"a": "2024-11-01T00:00:00Z"}
 
 
@@ -66,14 +66,16 @@ def test_a_backfill_run_again_reads_its_range_again_even_ending_in_the_same_seco
     ends at the same moment of Mews' clock, reads the whole range."""
     backfill = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC))
     state: dict = {}
-    windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r1")
+    windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, run_id="r1")
     mark_finished(state, ["a"], END, backfill=True, run_id="r1")
-    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, END, run_id="r2")
+    plan = windows_to_read(state, ["a"], START, END, FIVE_MINUTES, backfill, run_id="r2")
     assert plan[0].window[0] == backfill[0] and plan[-1].window[1] == backfill[1]
 
 
 def test_a_backfill_ending_in_the_future_reads_up_to_now():
     now = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
     backfill = (datetime(2024, 5, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
-    plan = windows_to_read({}, ["a"], START, now, FIVE_MINUTES, backfill, now)
+    plan = windows_to_read(
+        {}, ["a"], START, now, FIVE_MINUTES, backfill, read_until=now + timedelta(seconds=1)
+    )
     assert plan[-1].window[1] == now + timedelta(seconds=1)

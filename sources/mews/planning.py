@@ -42,26 +42,25 @@ def windows_to_read(
     end: datetime,
     overlap: timedelta,
     backfill: Window | None = None,
-    now: datetime | None = None,
     run_id: str = "",
     read_until: datetime | None = None,
 ) -> list[Planned]:
     """The windows a resource reads this run (before the notes refresh's), and its state
     made ready to record them (`mark_read`). `run_id` tells the steps of one run (of a
-    backfill) from another run. The incremental windows read up to `read_until` (default
-    `end`), which may pass `end`: the watermarks still move to `end` at most."""
+    backfill) from another run. The windows read up to `read_until` (default `end`; the
+    source passes the end of Mews' current second), which may pass `end`: the watermarks
+    still move to `end` at most. A backfill reads to its own end if that comes first."""
+    until = read_until or end
     if backfill:
         begin = backfill_begin(state, backfill, run_id)
         if begin is None:
             return []
-        # An --end in the future reads up to now, nothing being newer: to the end of the
-        # current second (`now` has none), or to the run's end if that is later.
-        now = now or end
-        until = min(backfill[1], max(end, now + timedelta(seconds=1)))
-        return [Planned(service_ids, w, "backfill") for w in walk_windows(begin, until)]
+        return [
+            Planned(service_ids, w, "backfill")
+            for w in walk_windows(begin, min(backfill[1], until))
+        ]
     watermarks = state.setdefault("watermarks", {})
     groups = group_by_start(service_ids, watermarks, start, overlap)
-    until = read_until or end
     return [Planned(group, w) for g, group in groups.items() for w in walk_windows(g, until)]
 
 
