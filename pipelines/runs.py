@@ -51,7 +51,7 @@ class RunReport:
     read: SourceStats = field(default_factory=new_source_stats)
     table_rows: dict[str, int] = field(default_factory=dict)  # rows per table after the run
     removed: Compacted = field(default_factory=new_compacted)  # by the clean-ups after loads
-    published: str | None = None  # the analysts' copy this run published, if any
+    published: str | None = None  # the analysts' copy as this run left it, for people
     error: str | None = None  # the one-sentence reason a failed run stopped
     exit_code: int | None = None  # set when the run stopped with an error
 

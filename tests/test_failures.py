@@ -31,6 +31,7 @@ from mews_sandbox import (
     Sandbox,
     serve,
 )
+from pipelines import storage as storage_module
 from pipelines.cli import (
     EXIT_BUSY,
     EXIT_CONFIG,
@@ -314,18 +315,26 @@ def test_a_damaged_duckdb_file_is_named_and_left_untouched(
     assert database.read_bytes() == before
 
 
-def test_a_file_damaged_after_this_process_wrote_it_is_named_at_its_next_lock(
-    synced_file, tmp_path
+def test_a_file_damaged_after_a_run_wrote_it_is_named_at_the_next_lock(
+    synced_file, tmp_path, monkeypatch
 ):
-    """A run's later locks skip the check of a file that is as the run left it; a file
-    changed meanwhile by anyone else is checked again."""
+    """A lock skips the check of a file that is as the last lock left it (recorded in its
+    working folder, so for the next run's process too); a file changed meanwhile by anyone
+    else is checked again."""
     database = tmp_path / "mews_sync.duckdb"
     database.write_bytes(synced_file.read_bytes())
     storage = DuckDbStorage(database, tmp_path / "mews_sync.analytics.duckdb")
+    checks = []
+    check = storage_module.check_whole
+    monkeypatch.setattr(
+        storage_module, "check_whole", lambda *args: checks.append(args) or check(*args)
+    )
     with storage.lock():
         pass
-    with storage.lock():  # as it was left: opened without the check
+    assert len(checks) == 1
+    with DuckDbStorage(database, storage.analytics_path).lock():  # as it was left
         pass
+    assert len(checks) == 1
     database.write_bytes(database.read_bytes()[: database.stat().st_size // 2])
     before = database.read_bytes()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 from harness import (
@@ -233,6 +235,47 @@ def test_changes_made_in_the_second_a_run_starts_are_in_that_run(
     assert_equals_truth(target)
     assert_items_equal_truth(target)
     assert set(watermarks(target).values()) == {"2026-06-01T12:00:00Z"}
+
+
+def test_a_run_that_finds_nothing_new_loads_nothing_and_the_next_change_is_read(
+    tmp_path, postgres
+):
+    """An hour on, Mews holds nothing new: the run makes its requests, then loads nothing (no
+    load, no new state, the watermarks stay), and for DuckDB leaves the file and the analysts'
+    copy as they were. The changes made after it are all in the next run, as usual."""
+    clock = [datetime(2026, 6, 1, 12, tzinfo=UTC)]
+    sandbox = Sandbox.generate(orders=600, seed=31, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: clock[0]
+    target = Target(sandbox, tmp_path, postgres, notes_refresh_days=0)
+    target.sync()
+    loads, marks = target.rows("select count(*) from mews._dlt_loads"), watermarks(target)
+    storage = target.storage()
+    files = None if postgres else [Path(target.database), storage.analytics_path]
+    before = [(f.stat().st_ino, f.read_bytes()) for f in files or []]
+
+    clock[0] += timedelta(hours=1)
+    requests = len(sandbox.log.entries)
+    quiet = target.sync()
+
+    assert len(sandbox.log.entries) > requests  # Mews was asked
+    assert (quiet.read.orders, quiet.read.notes, quiet.read.items) == (0, 0, 0)
+    assert target.rows("select count(*) from mews._dlt_loads") == loads
+    assert watermarks(target) == marks
+    assert quiet.table_rows["product_service_orders"] == len(truth_orders(sandbox))
+    if files:
+        assert [(f.stat().st_ino, f.read_bytes()) for f in files] == before
+        assert quiet.published.endswith("unchanged (nothing new was loaded)")
+
+    change_orders_and_notes(sandbox)
+    clock[0] += timedelta(hours=1)
+    changed = target.sync()
+    assert_equals_truth(target)
+    assert set(watermarks(target).values()) == {"2026-06-01T14:00:00Z"}
+    if files:
+        assert changed.published == str(storage.analytics_path)
+        with duckdb.connect(str(storage.analytics_path), read_only=True) as copy:
+            rows = copy.execute("select id, state from mews.product_service_orders").fetchall()
+        assert sorted(rows) == sorted((o[0], o[2]) for o in truth_orders(sandbox))
 
 
 def test_a_sandbox_made_in_an_hours_first_second_is_read_whole_by_a_sync_then(tmp_path):

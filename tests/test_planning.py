@@ -1,9 +1,11 @@
 """The planner: which windows a resource reads and what its state says after, without HTTP."""
 
+from copy import deepcopy
 from datetime import UTC, datetime, timedelta
 
 from sources.mews.planning import (
     Planned,
+    leave_as_found,
     mark_finished,
     mark_read,
     mark_step_over,
@@ -44,6 +46,34 @@ def test_watermarks_move_only_to_the_end_of_a_window_read_and_to_the_end_when_fi
     mark_finished(state, ["a", "b", "c"], END, backfill=False)
     assert "pending" not in state
     assert set(state["watermarks"].values()) == {"2024-12-01T00:00:00Z"}
+
+
+def finished(found: dict, read: bool, backfill: bool = False) -> dict:
+    """The state a resource leaves after reading its whole plan, `read` rows or none."""
+    state = deepcopy(found)
+    for planned in windows_to_read(state, ["a", "b"], START, END, FIVE_MINUTES):
+        mark_read(state, planned)
+    mark_finished(state, ["a", "b"], END, backfill)
+    leave_as_found(state, found, read, backfill)
+    return state
+
+
+def test_a_resource_that_read_nothing_leaves_its_state_as_it_found_it():
+    """Its watermarks stay, so the next run reads from there (exact), and an unchanged
+    state is not loaded again: a run that finds nothing new loads nothing."""
+    found = {"watermarks": {"a": "2024-11-01T00:00:00Z"}, "notes_refresh": {"position": "x"}}
+    assert finished(found, read=False) == found
+    assert finished({}, read=False) == {}  # an account without orders yet: from the start
+
+
+def test_a_resource_that_read_something_or_ended_a_step_or_a_backfill_records_it():
+    found = {"watermarks": {"a": "2024-11-01T00:00:00Z"}}
+    marks = {"a": "2024-12-01T00:00:00Z", "b": "2024-12-01T00:00:00Z"}
+    assert finished(found, read=True)["watermarks"] == marks
+    # The step before stopped early: this one says the plan is done, though it read nothing.
+    assert finished({**found, "pending": True}, read=False) == {"watermarks": marks}
+    after_backfill = finished(found, read=False, backfill=True)
+    assert after_backfill["backfill"] == {"done_in_run": ""}
 
 
 def test_a_backfill_in_steps_goes_on_where_it_stopped_and_leaves_the_watermarks_alone():

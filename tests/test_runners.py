@@ -61,6 +61,24 @@ def test_a_plain_pipeline_run_has_a_change_made_in_the_second_it_starts(tmp_path
     assert_equals_truth(target)
 
 
+def test_a_plain_pipeline_run_with_nothing_new_loads_nothing(tmp_path, postgres):
+    """The source leaves its state as it was when it read nothing, so dlt has nothing to
+    load: no new load, whoever drives the run; the next change is read as usual."""
+    moment = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    sandbox = Sandbox.generate(orders=600, seed=53, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: moment
+    target = Target(sandbox, tmp_path, postgres)
+    pipeline = users_pipeline(target, tmp_path)
+    pipeline.run(users_source(sandbox))
+    loads = target.rows("select load_id from mews._dlt_loads")
+    info = pipeline.run(users_source(sandbox))
+    assert info.loads_ids == []
+    assert target.rows("select load_id from mews._dlt_loads") == loads
+    change_orders_and_notes(sandbox)
+    pipeline.run(users_source(sandbox))
+    assert_equals_truth(target)
+
+
 def load_recipe() -> ModuleType:
     path = REPO / "docs" / "scheduling" / "airflow_dag.py"
     spec = importlib.util.spec_from_file_location("airflow_dag", path)

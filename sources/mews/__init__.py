@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from .planning import (
     Planned,
     Window,
     group_by_start,
+    leave_as_found,
     mark_finished,
     mark_read,
     mark_step_over,
@@ -75,6 +77,7 @@ from .tables import (
     ORDER_ITEM_COLUMNS,
     PRODUCT_COLUMNS,
     SERVICE_COLUMNS,
+    Column,
     raw_schema,
     to_table,
     with_keys_required,
@@ -135,6 +138,16 @@ def if_changed(table: pa.Table) -> Iterator[pa.Table]:
     if state.get("digest") != digest:
         state["digest"] = digest
         yield table
+
+
+def table_if_unknown(name: str, columns: Sequence[Column]) -> Iterator[pa.Table]:
+    """An empty typed table, for a resource that read no row: so that its table, the
+    table's columns and the views on them exist before its first row (an account without
+    orders yet). Nothing once the pipeline's schema has them all: even an empty table is a
+    load of its own (a `_dlt_loads` row; for DuckDB a new analysts' copy), each run."""
+    known = dlt.current.source_schema().tables.get(name, {}).get("columns", {})
+    if any(not known.get(c.name, {}).get("data_type") for c in columns if c.always):
+        yield to_table([], columns)
 
 
 def latest_by_id() -> dict[str, Any]:
@@ -231,9 +244,11 @@ class SourceRun:
         """A window was read whole (`planning.mark_read`): watermarks move to `end` at most."""
         mark_read(state, planned, self.end)
 
-    def mark_finished(self, state: dict[str, Any]) -> None:
-        """A resource read its plan to the end (`planning.mark_finished`)."""
+    def mark_finished(self, state: dict[str, Any], found: dict[str, Any], read: int) -> None:
+        """A resource read its plan to the end (`planning.mark_finished`), having read `read`
+        rows; if none, its state stays as it was `found` (`planning.leave_as_found`)."""
         mark_finished(state, self.service_ids, self.end, bool(self.backfill), self.counts.run_id)
+        leave_as_found(state, found, read > 0, bool(self.backfill))
 
     def step_is_over(self, read: int, started: float) -> bool:
         """Whether a step that read `read` rows since `started` has done enough for one load."""
@@ -429,6 +444,7 @@ def product_service_orders(run: SourceRun) -> Iterator[pa.Table]:
     # What this run learns of the sizes Mews answers in time, for its next steps and runs.
     run.api.sizes.keep_in(dlt.current.source_state().setdefault(REQUEST_SIZES_STATE, {}))
     state = dlt.current.resource_state()
+    found = deepcopy(state)
     plan = plan_orders(run, state)
     orders_before, step_started = counts.orders, time.monotonic()
     batches = WholeBatches(ORDERS_PER_ITEM, MAX_IDS_PER_REQUEST)
@@ -449,11 +465,12 @@ def product_service_orders(run: SourceRun) -> Iterator[pa.Table]:
         else:
             run.mark_read(state, planned)
     yield from batches.rest()
-    if counts.orders == orders_before:
-        # Nothing read (an account without orders yet): the table and its typed columns
-        # still exist, and so the views on them.
-        yield to_table([], ORDER_COLUMNS)
-    run.mark_finished(state)
+    read = counts.orders - orders_before
+    if not read:
+        yield from table_if_unknown("product_service_orders", ORDER_COLUMNS)
+    run.mark_finished(state, found, read)
+    if "notes_refresh" in state:  # the period as configured now, for `status`
+        state["notes_refresh"]["every_days"] = run.refresh_every.total_seconds() / 86_400
 
 
 def plan_orders(run: SourceRun, state: dict[str, Any]) -> list[Planned]:
@@ -580,6 +597,7 @@ def order_items(run: SourceRun) -> Iterator[pa.Table]:
     Its state is its own, kept like the orders': `watermarks` per service, `pending` when
     it stopped after `max_orders_per_load` items, `backfill` progress."""
     state = dlt.current.resource_state()
+    found = deepcopy(state)
     read, step_started = 0, time.monotonic()
     for planned in run.windows_to_read(state):
         if run.step_is_over(read, step_started):
@@ -590,8 +608,8 @@ def order_items(run: SourceRun) -> Iterator[pa.Table]:
             yield table
         run.mark_read(state, planned)
     if not read:
-        yield to_table([], ORDER_ITEM_COLUMNS)  # the table and its typed columns exist
-    run.mark_finished(state)
+        yield from table_if_unknown("order_items", ORDER_ITEM_COLUMNS)
+    run.mark_finished(state, found, read)
 
 
 def items_in(

@@ -101,6 +101,21 @@ def mark_finished(
             state["watermarks"][service_id] = format_utc(end)
 
 
+def leave_as_found(
+    state: dict[str, Any], found: dict[str, Any], read: bool, backfill: bool
+) -> None:
+    """A resource that read its plan to the end and read nothing leaves its state as it
+    `found` it (a deep copy made before planning): its watermarks stay where they were and
+    the next run reads from there, which is exact. An unchanged state is not loaded, so a
+    run that finds nothing new loads nothing, and the DuckDB file stays as it was. Not so
+    for a backfill, whose progress is its own, nor after a step that stopped early
+    (`pending`), whose next step must know it has finished."""
+    if read or backfill or found.get("pending"):
+        return
+    state.clear()
+    state.update(found)
+
+
 def backfill_begin(state: dict[str, Any], backfill: Window, run_id: str) -> datetime | None:
     """Where a resource's backfill goes on: where a step (or a killed run) of the same range
     stopped, or its start; None when an earlier step of this run (`run_id`) finished it, so
