@@ -69,6 +69,26 @@ def test_the_cli_works_from_any_directory_with_dlt_project_dir(tmp_path):
     assert loaded == len(sandbox.orders())
 
 
+def test_a_scheduled_run_with_nothing_new_loads_nothing(tmp_path):
+    """Each run is a new process, as a scheduler starts it (string hashes salted each time):
+    with nothing new in Mews, the second run loads nothing and leaves the analysts' copy."""
+    sandbox = Sandbox.generate(orders=300, seed=5, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: datetime(2026, 6, 1, 12, tzinfo=UTC)
+    sandbox.client_token = CLIENT_TOKEN
+    sandbox.add_token(ACCESS_TOKEN)
+    database = tmp_path / "mews_sync.duckdb"
+    with serve(sandbox) as url:
+        first = cli(cli_env(tmp_path, url, PYTHONHASHSEED="1"), "run", cwd=tmp_path)
+        copy = (tmp_path / "mews_sync.analytics.duckdb").stat().st_ino
+        second = cli(cli_env(tmp_path, url, PYTHONHASHSEED="2"), "run", cwd=tmp_path)
+
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert "unchanged (nothing new was loaded)" in second.stdout
+    assert (tmp_path / "mews_sync.analytics.duckdb").stat().st_ino == copy
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("select count(*) from mews._dlt_loads").fetchone()[0] == 1
+
+
 def test_backfill_from_the_command_line(tmp_path):
     sandbox = Sandbox.generate(orders=300, seed=4)
     sandbox.client_token = CLIENT_TOKEN

@@ -1,5 +1,8 @@
 """Unit tests of the pieces of the API client and source that need no server."""
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -184,6 +187,28 @@ def test_order_table_types_null_only_columns_and_keeps_new_fields():
     assert table.column("options__brand_new_flag").to_pylist() == [True]
     assert table.column("loyalty_code").to_pylist() == ["X1"]
     assert not table.schema.field("id").nullable
+
+
+def test_fields_the_api_added_come_in_the_same_order_in_every_process():
+    """A table read whole each run (enterprises) is loaded only when it changed, by a digest
+    of it; the added fields' order came from a set, which differs between processes (string
+    hashes are salted), so the table looked changed, and was loaded again, on every run."""
+    code = (
+        "from sources.mews.tables import ENTERPRISE_COLUMNS, to_table; "
+        "item = {'Id': 'e1', **{f'Added{n}': n for n in range(8)}, 'Nested': {'a': 1, 'b': 2}}; "
+        "print(to_table([item], ENTERPRISE_COLUMNS).schema.names)"
+    )
+    orders = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(orders) == 1, orders
 
 
 def test_note_table_reads_both_order_reference_names():

@@ -332,7 +332,10 @@ def _unknown_fields(
     parents = {path[0] for path in known if len(path) > 1}
     found: dict[tuple[str, ...], list[Any]] = {}
     # Iterating a dict yields its keys: set().union(*items) stays in C, which matters per page.
-    for key in set().union(*items):
+    # Sorted: a set's order changes from one process to the next (string hashes are salted),
+    # and the columns' order with it, which made a table read whole (enterprises) look
+    # changed, and be loaded again, on every run.
+    for key in sorted(set().union(*items)):
         if (key,) in known:
             continue
         values = [item.get(key) for item in items]
@@ -341,7 +344,7 @@ def _unknown_fields(
             and all(v is None or isinstance(v, dict) for v in values)
         ):
             children = set().union(*[v for v in values if isinstance(v, dict)])
-            for child in children - {path[1] for path in known if path[0] == key}:
+            for child in sorted(children - {path[1] for path in known if path[0] == key}):
                 found[(key, child)] = _get_all(values, (child,))
         else:
             found[(key,)] = values
