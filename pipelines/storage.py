@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -175,13 +175,18 @@ class DuckDbStorage:
         return record if isinstance(record, dict) else {}
 
     def keep_as_left(self, **changes: Any) -> None:
-        """Update the record (`as_left`), written whole or not at all."""
+        """Update the record (`as_left`), written whole or not at all. Only a saving: if it
+        cannot be written, the next run checks and publishes the file again."""
         record = {**self.as_left(), **changes}
         path = self.working_dir() / FILE_RECORD
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(temporary, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError:  # a record left older names versions the file no longer has
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
     def is_published(self) -> bool:
         """Whether the analysts' copy is the database as it is now (under the write lock):
