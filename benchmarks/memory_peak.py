@@ -21,8 +21,9 @@ import statistics
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -48,25 +49,18 @@ def vm_rss_mb() -> float:
 
 def sampled(name: str, url: str, folder: Path, database: str) -> dict:
     """Run the scenario with a thread noting the highest VmRSS of each phase."""
-    import importlib
-
     phase = ["other"]  # before, between and after dlt's steps
     peaks: dict[str, float] = {}
 
-    def wrap(function: Any, label: str) -> Any:
-        def phased(*args: Any, **kwargs: Any) -> Any:
-            outer, phase[0] = phase[0], label
-            try:
-                return function(*args, **kwargs)
-            finally:
-                phase[0] = outer
+    @contextmanager
+    def phased(label: str) -> Iterator[None]:
+        outer, phase[0] = phase[0], label
+        try:
+            yield
+        finally:
+            phase[0] = outer
 
-        return phased
-
-    for (module_name, class_name, function_name), label in PHASES.items():
-        module = importlib.import_module(module_name)
-        owner = getattr(module, class_name) if class_name else module
-        setattr(owner, function_name, wrap(getattr(owner, function_name), label))
+    bench.around_steps(PHASES, phased)
     done = threading.Event()
 
     def sample() -> None:

@@ -19,8 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402 - the benchmark's sandbox, scenarios and settings
@@ -28,35 +29,32 @@ import bench  # noqa: E402 - the benchmark's sandbox, scenarios and settings
 STATEMENTS_CONF = "shared_preload_libraries = 'pg_stat_statements'\n"
 
 
+PHASES: dict[bench.Step, str] = {
+    ("dlt", "Pipeline", "extract"): "extract",
+    ("dlt", "Pipeline", "normalize"): "normalize",
+    ("dlt", "Pipeline", "load"): "load",
+    ("dlt", "Pipeline", "sync_destination"): "sync_destination",
+    ("pipelines.mews_pipeline", None, "compact"): "compaction",
+    ("pipelines.mews_pipeline", None, "apply_views"): "views",
+    ("pipelines.mews_pipeline", None, "count_rows"): "count_rows",
+}
+
+
 def instrumented(url: str, database: str, workdir: str, server: int) -> dict:
     """In the scenario's process: `bench.scenario("pipeline-postgres")` with its phases timed."""
-    import dlt
-
-    from pipelines import mews_pipeline
-
     phases: dict[str, list[float]] = {}
 
-    def timed(owner: Any, attribute: str, phase: str) -> None:
-        original = getattr(owner, attribute)
+    @contextmanager
+    def timed(phase: str) -> Iterator[None]:
+        cpu, served = time.process_time(), bench.process_tree_cpu(server) or 0.0
+        try:
+            yield
+        finally:
+            spent = phases.setdefault(phase, [0.0, 0.0])
+            spent[0] += time.process_time() - cpu
+            spent[1] += (bench.process_tree_cpu(server) or 0.0) - served
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            cpu, served = time.process_time(), bench.process_tree_cpu(server) or 0.0
-            try:
-                return original(*args, **kwargs)
-            finally:
-                spent = phases.setdefault(phase, [0.0, 0.0])
-                spent[0] += time.process_time() - cpu
-                spent[1] += (bench.process_tree_cpu(server) or 0.0) - served
-
-        setattr(owner, attribute, wrapper)
-
-    timed(dlt.Pipeline, "extract", "extract")
-    timed(dlt.Pipeline, "normalize", "normalize")
-    timed(dlt.Pipeline, "load", "load")
-    timed(dlt.Pipeline, "sync_destination", "sync_destination")
-    timed(mews_pipeline, "compact", "compaction")
-    timed(mews_pipeline, "apply_views", "views")
-    timed(mews_pipeline, "count_rows", "count_rows")
+    bench.around_steps(PHASES, timed)
     cpu, served = time.process_time(), bench.process_tree_cpu(server) or 0.0
     result = bench.scenario("pipeline-postgres", url, database, workdir, False)
     time.sleep(0.5)

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,45 +68,41 @@ def profiled(work: Any, output: Path, top: int, timer: str) -> None:
         stats.sort_stats(order).print_stats(top)
 
 
-# The steps `--timer steps` times: (module, class or None, function).
-STEPS = [
-    ("dlt.pipeline.pipeline", "Pipeline", name)
-    for name in ("sync_destination", "extract", "normalize", "load")
-] + [
-    ("pipelines.mews_pipeline", None, name)
-    for name in ("last_request_sizes", "build_pipeline", "mews_source", "clean_up", "compact")
-] + [
-    ("pipelines.mews_pipeline", None, "apply_views"),
-    ("pipelines.storage", "DuckDbStorage", "publish"),
-    ("pipelines.storage", None, "open_duckdb_file"),
-]
+# The steps `--timer steps` times, each under its function's name.
+STEPS: dict[bench.Step, str] = {
+    step: step[2]
+    for step in [
+        ("dlt.pipeline.pipeline", "Pipeline", name)
+        for name in ("sync_destination", "extract", "normalize", "load")
+    ]
+    + [
+        ("pipelines.mews_pipeline", None, name)
+        for name in ("last_request_sizes", "build_pipeline", "mews_source", "clean_up", "compact")
+    ]
+    + [
+        ("pipelines.mews_pipeline", None, "apply_views"),
+        ("pipelines.storage", "DuckDbStorage", "publish"),
+        ("pipelines.storage", None, "open_duckdb_file"),
+    ]
+}
 
 
 def timed_steps(work: Any) -> None:
     """Run `work()` with a wall timer on each of STEPS; print them, the largest first."""
-    import importlib
-
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
 
-    def timed(function: Any, name: str) -> Any:
-        def step(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
-        return step
-
-    for module_name, class_name, name in STEPS:
-        module = importlib.import_module(module_name)
-        owner = getattr(module, class_name) if class_name else module
-        setattr(owner, name, timed(getattr(owner, name), name))
-    seconds["import"] = time.perf_counter() - started  # dlt, DuckDB, Arrow and the pipeline
-    started = time.perf_counter()
-    work()
-    seconds["run"] = time.perf_counter() - started
+    with timed("import"):  # dlt, DuckDB, Arrow and the pipeline
+        bench.around_steps(STEPS, timed)
+    with timed("run"):
+        work()
     ranked = sorted(seconds.items(), key=lambda item: -item[1])
     print(" ".join(f"{name} {value:.3f}" for name, value in ranked))
 
