@@ -202,6 +202,38 @@ def test_three_properties_load_one_destination_at_once(tmp_path, postgres):
         assert len(touched & mine) > 0
 
 
+def test_properties_with_nothing_new_load_nothing_and_one_with_a_change_loads_it(
+    tmp_path, postgres
+):
+    """Mews' clock stands still: the group's second round finds nothing new, and adds no
+    load (and on DuckDB keeps the analysts' copy); a change in one property's orders is then
+    loaded by that property's run alone, and the copy has it."""
+    sandbox = Sandbox.generate(orders=900, seed=61, now=datetime(2026, 6, 1, 11, tzinfo=UTC))
+    sandbox.clock = lambda: datetime(2026, 6, 1, 12, tzinfo=UTC)
+    sandbox.client_token = CLIENT_TOKEN
+    enterprises = group(sandbox)
+    target = Target(sandbox, tmp_path, postgres)
+    copy = DuckDbStorage.at(target.database).analytics_path
+    with serve(sandbox) as url:
+        env = group_env(tmp_path, url, postgres)
+        run_all(env, tmp_path)
+        loads = target.rows("select load_id from mews._dlt_loads order by 1")
+        inode = None if postgres else copy.stat().st_ino
+        run_all(env, tmp_path)
+        assert target.rows("select load_id from mews._dlt_loads order by 1") == loads
+        assert postgres or copy.stat().st_ino == inode
+
+        services = services_of(sandbox, enterprises["riverside"])
+        changed = next(o["Id"] for o in sandbox.orders() if o["ServiceId"] in services)
+        sandbox.update_order(changed, State="Processed")
+        run_all(env, tmp_path)
+    assert len(target.rows("select load_id from mews._dlt_loads")) == len(loads) + 1
+    assert_equals_truth(target)
+    if not postgres:
+        target.database = str(copy)  # the analysts' copy equals the truth too
+        assert_equals_truth(target)
+
+
 def test_a_second_run_of_the_same_property_is_skipped_but_another_property_is_not(tmp_path):
     sandbox = Sandbox.generate(orders=200, seed=22)
     sandbox.client_token = CLIENT_TOKEN
