@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 import pytest
-from harness import Target, one_sentence
+from harness import Target, assert_equals_truth, one_sentence
 
 from mews_sandbox import (
     DEMO_ACCESS_TOKEN,
@@ -45,7 +45,7 @@ from pipelines.failures import explain
 from pipelines.lock import SyncBusyError
 from pipelines.progress import Progress
 from pipelines.runs import RunReport, read_runs
-from pipelines.storage import DuckDbStorage, configured_storage
+from pipelines.storage import FILE_RECORD, DuckDbStorage, configured_storage
 from sources.errors import MewsConfigError, MewsUnavailableError
 from sources.mews import SourceStats, walk_windows, window_work
 from sources.mews.client import ClientStats, MewsClient
@@ -343,6 +343,19 @@ def test_a_file_damaged_after_a_run_wrote_it_is_named_at_the_next_lock(
 
     assert f"{database} is not a usable DuckDB file" in str(raised.value)
     assert database.read_bytes() == before
+
+
+def test_a_record_of_the_file_that_cannot_be_written_costs_only_a_check(tmp_path):
+    """The record of the DuckDB file in its working folder is only a saving: where it can be
+    neither read nor written (a folder stands in its place), runs succeed, check the file
+    each time, and publish the analysts' copy each time."""
+    target = Target(Sandbox.generate(orders=300, seed=67), tmp_path)
+    storage = target.storage()
+    (storage.working_dir() / FILE_RECORD).mkdir(parents=True)
+    target.sync()
+    again = target.sync()
+    assert again.published == str(storage.analytics_path)  # not known unchanged: copied
+    assert_equals_truth(target)
 
 
 @pytest.mark.parametrize(
