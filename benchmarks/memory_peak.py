@@ -34,7 +34,7 @@ PHASES = {  # (module, class or None, function): the phase a call of it is
     ("dlt", "Pipeline", "extract"): "extract",
     ("dlt", "Pipeline", "normalize"): "normalize",
     ("dlt", "Pipeline", "load"): "load",
-    ("pipelines.mews_pipeline", None, "clean_up"): "compaction",
+    ("pipelines.mews_pipeline", None, "compact"): "compaction",
     ("pipelines.mews_pipeline", None, "apply_views"): "views",
     ("pipelines.storage", "DuckDbStorage", "publish"): "publish",
 }

@@ -33,6 +33,12 @@ CLEANED_TABLE = "_mews_sync_cleaned_loads"
 LEGACY_MARK_TABLE = "_mews_sync_cleaned"
 # Each destination's name for a row's physical identity, to tell apart two copies of a row.
 ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
+# What the clean-up finds ids read again by: in DuckDB the 8-byte hash of an id rather than the
+# id (a 36-character text), so that the hash tables of a step of 400,000 orders (about 1M
+# notes) fit the clean-up's memory limit (at 48 MB, the id's ran out of memory in the notes'
+# delete of a first sync of 1,000,000 orders). Ids that merely share a hash are told apart by
+# the id itself (`delete_superseded`). PostgreSQL hashes the ids as it joins them anyway.
+ID_KEY = {"duckdb": "hash(id)", "postgres": "id"}
 POSTGRES_WORK_MEM = "64MB"  # for the clean-up's transaction only
 APPENDED = ("product_service_orders", "service_order_notes", "order_items")
 
@@ -142,20 +148,19 @@ def remove_superseded(
     sql_client: Any, destination: str, existing: set[str], new: str, legacy: str
 ) -> Compacted:
     """The deletes of `compact`, of rows superseded by rows of the `new` loads."""
-    row_id = ROW_ID[destination]
     orders = sql_client.make_qualified_table_name("product_service_orders")
     notes = sql_client.make_qualified_table_name("service_order_notes")
     quick = QuickChecks(sql_client, new, legacy) if destination == "postgres" else None
     done = Compacted()
     done.superseded_orders = delete_superseded_rows(
-        sql_client, orders, row_id, "updated_utc desc", new, legacy, quick
+        sql_client, orders, destination, "updated_utc desc", new, legacy, quick
     )
     if "service_order_notes" in existing:
         # A join on keys, not dlt's merge key: that would make a delete an OR of two
         # keys, which DuckDB cannot hash-join (a nightly into 1M orders took 79 s so).
         # Older copies go first, so that what remains to delete was deleted in Mews.
         done.superseded_notes = delete_superseded_rows(
-            sql_client, notes, row_id, "id", new, legacy, quick
+            sql_client, notes, destination, "id", new, legacy, quick
         )
         if quick is None or not quick.all_of_one_new_load(notes):
             done.deleted_notes = affected(
@@ -168,31 +173,32 @@ def remove_superseded(
     if "order_items" in existing:
         items = sql_client.make_qualified_table_name("order_items")
         done.superseded_items = delete_superseded_rows(
-            sql_client, items, row_id, "updated_utc desc", new, legacy, quick
+            sql_client, items, destination, "updated_utc desc", new, legacy, quick
         )
     return done
 
 
-def delete_superseded(table: str, row_id: str, then: str, new: str) -> str:
+def delete_superseded(table: str, destination: str, then: str, new: str) -> str:
     """Of the rows sharing an id with a row of the `new` loads (a subquery of load ids), keep
     the latest load's (ordered by `then` within one load, where a row read twice comes
-    twice)."""
+    twice). The candidates are found by `ID_KEY`, then told apart by id: exact."""
+    row_id, key = ROW_ID[destination], ID_KEY[destination]
     return f"""delete from {table} where {row_id} in (
         select {row_id} from (
             select {row_id}, row_number() over (
                 partition by id order by _dlt_load_id desc, {then}) as newest
             from {table}
-            where id in (
-                select id from {table}
-                where id in (select id from {table} where _dlt_load_id in {new})
-                group by id having count(*) > 1)) as copies
+            where {key} in (
+                select {key} from {table}
+                where {key} in (select {key} from {table} where _dlt_load_id in {new})
+                group by {key} having count(*) > 1)) as copies
         where newest > 1)"""
 
 
 def delete_superseded_rows(
     sql_client: Any,
     table: str,
-    row_id: str,
+    destination: str,
     then: str,
     new: str,
     legacy: str,
@@ -201,7 +207,7 @@ def delete_superseded_rows(
     """`delete_superseded`, unless `quick` shows there is nothing to delete."""
     if quick is not None and quick.only_new_rows(table) and not quick.has_copies(table):
         return 0
-    return affected(sql_client, delete_superseded(table, row_id, then, new), legacy)
+    return affected(sql_client, delete_superseded(table, destination, then, new), legacy)
 
 
 class QuickChecks:

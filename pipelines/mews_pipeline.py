@@ -10,6 +10,7 @@ and publishes the analysts' copy (DuckDB). The run records itself, success or fa
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -44,6 +45,8 @@ log = logging.getLogger("mews_sync")
 # stops with exit 5: a load of 400,000 orders (one step) took 20 s into DuckDB, 40 s into
 # PostgreSQL on the development machine.
 LOAD_WAIT_SECONDS = 600.0
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 def build_pipeline(
@@ -66,11 +69,25 @@ def build_pipeline(
 
 def share_freed_memory() -> None:
     """Allocate the source's and dlt's Arrow tables with the C library's malloc, as DuckDB
-    allocates, unless ARROW_DEFAULT_MEMORY_POOL chooses otherwise. With Arrow's default
-    (mimalloc) what the extract freed stayed in mimalloc's caches, out of DuckDB's reach, and
-    the load's memory came on top of it: see docs/performance.md ("Peak RSS")."""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    allocates, unless ARROW_DEFAULT_MEMORY_POOL chooses otherwise, and have glibc's malloc
+    give large freed blocks back to the system. With Arrow's default (mimalloc) what the
+    extract freed stayed in mimalloc's caches, out of DuckDB's reach, and the load's memory
+    came on top of it: see docs/performance.md ("Peak RSS")."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
+    if glibc() and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc raises its threshold for mapping a block to the size of the largest block
+        # freed (up to 32 MB), after which Arrow's buffers of a page of orders come from the
+        # heap, whose freed parts it keeps. Fixed at 1 MB, they are mapped and unmapped.
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def glibc() -> bool:
+    """Whether this process's C library is GNU's (`mallopt` and its settings are glibc's)."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
 
 
 @contextmanager
@@ -192,7 +209,8 @@ def load(
         finish_interrupted_load(pipeline, storage.load_workers)
         pipeline.sync_destination()
         if compacting:
-            clean_up(pipeline, report)
+            with pipeline.sql_client() as client:
+                clean_up(client, storage, report)
     while True:
         if compacting:
             load_by_appending(source)
@@ -205,7 +223,7 @@ def load(
                 # One SQL client: dlt resolves the destination's configuration for each.
                 with pipeline.sql_client() as client:
                     if compacting:
-                        report.removed.add(compact(client, pipeline.destination.destination_name))
+                        clean_up(client, storage, report)
                     if last:
                         finish_tables(client, storage, report)
             if last:
@@ -224,10 +242,11 @@ def finish_tables(client: Any, storage: Storage, report: RunReport) -> None:
     report.table_rows = count_rows(client)
 
 
-def clean_up(pipeline: dlt.Pipeline, report: RunReport) -> None:
-    """Remove the rows the loads not yet cleaned up superseded (see `compaction`)."""
-    with pipeline.sql_client() as client:
-        report.removed.add(compact(client, pipeline.destination.destination_name))
+def clean_up(client: Any, storage: Storage, report: RunReport) -> None:
+    """Remove the rows the loads not yet cleaned up superseded (see `compaction`), with the
+    clean-up's memory (`Storage.prepare_clean_up`)."""
+    storage.prepare_clean_up(client)
+    report.removed.add(compact(client, storage.kind))
 
 
 def finish_interrupted_load(pipeline: dlt.Pipeline, workers: int) -> None:

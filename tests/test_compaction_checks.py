@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import dlt
 import pyarrow as pa
 
+from pipelines import compaction
 from pipelines.compaction import Compacted, compact
 from pipelines.mews_pipeline import build_pipeline
 from pipelines.storage import DuckDbStorage, PostgresStorage
@@ -114,4 +115,28 @@ def test_two_loads_cleaned_up_at_once(tmp_path, postgres):
     assert (removed.superseded_orders, removed.deleted_notes, removed.superseded_items) == (1, 1, 0)
     assert dataset.rows("product_service_orders", "id, updated_utc") == [("c", at(2)), ("d", at(1))]
     assert dataset.rows("service_order_notes") == [("n4",)]
+    assert dataset.rows("order_items") == [("x",), ("y",)]
+
+
+def test_ids_that_only_share_a_hash_each_keep_their_row(tmp_path, postgres, monkeypatch):
+    """DuckDB finds ids read again by their hash (`compaction.ID_KEY`): ids that merely share
+    one are not copies. Made certain here by a key most ids share, their length."""
+    monkeypatch.setitem(compaction.ID_KEY, "duckdb", "length(id)")
+    monkeypatch.setitem(compaction.ID_KEY, "postgres", "length(id)")
+    dataset = Dataset(tmp_path, postgres)
+    dataset.load(orders(("a", 1), ("b", 1)), notes(("n1", "a"), ("n2", "b")), orders(("x", 1)))
+    dataset.compact()
+    # c and y are new, of the same length as a, b and x; b read again.
+    dataset.load(orders(("b", 2), ("c", 2)), notes(("n2", "b"), ("n3", "c")), orders(("y", 2)))
+
+    removed = dataset.compact()
+
+    assert (removed.superseded_orders, removed.superseded_notes) == (1, 1)
+    assert (removed.superseded_items, removed.deleted_notes) == (0, 0)
+    assert dataset.rows("product_service_orders", "id, updated_utc") == [
+        ("a", at(1)),
+        ("b", at(2)),
+        ("c", at(2)),
+    ]
+    assert dataset.rows("service_order_notes") == [("n1",), ("n2",), ("n3",)]
     assert dataset.rows("order_items") == [("x",), ("y",)]

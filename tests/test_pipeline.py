@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -512,3 +516,112 @@ def test_arrow_keeps_the_memory_pool_an_operator_chose(monkeypatch):
     before = pa.system_memory_pool().bytes_allocated()
     pa.array(range(100_000))
     assert pa.system_memory_pool().bytes_allocated() == before
+
+
+# Arrow's own allocations (here the parquet and json readers') go to the pool Arrow chose as
+# it was imported, whatever `pa.set_memory_pool` chose later: only the environment moves them.
+ARROW_AT_WORK = """
+import io, json, pipelines.mews_pipeline as m, pyarrow as pa, pyarrow.json as pj
+import pyarrow.parquet as pq
+m.share_freed_memory()
+table = pa.table({"id": [str(i) for i in range(100_000)]})
+file = io.BytesIO()
+pq.write_table(table, file)
+pq.read_table(io.BytesIO(file.getvalue()))
+pj.read_json(io.BytesIO(b"\\n".join(b'{"a": %d}' % i for i in range(50_000))))
+mimalloc = pa.mimalloc_memory_pool().max_memory()
+print(json.dumps([pa.default_memory_pool().backend_name, mimalloc]))
+"""
+
+
+@pytest.mark.parametrize("chosen", [None, "mimalloc"])
+def test_all_of_arrow_allocates_with_the_c_library_in_a_process_of_the_pipeline(chosen):
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    done = subprocess.run(
+        [sys.executable, "-c", ARROW_AT_WORK], env=env, capture_output=True, text=True, check=True
+    )
+    backend, in_mimalloc = json.loads(done.stdout)
+
+    if chosen:
+        assert backend == "mimalloc" and in_mimalloc > 0
+    else:
+        assert backend == "system" and in_mimalloc == 0
+
+
+# Blocks malloc maps (mallinfo2's hblkhd) around `share_freed_memory`: a freed 16 MB block
+# raises glibc's threshold for mapping, so that a 4 MB block then comes from the heap, whose
+# freed memory glibc keeps; after `share_freed_memory` a 12 MB block (more than the heap has
+# free) is mapped, and unmapped when freed, where glibc would have grown the heap.
+FREED_BLOCKS = """
+import ctypes, json, pipelines.mews_pipeline as m
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+mb = 1 << 20
+
+def mapped_while_held(size):
+    block = libc.malloc(size)
+    mapped = libc.mallinfo2().hblkhd
+    libc.free(block)
+    return mapped
+
+libc.free(libc.malloc(16 * mb))
+before = mapped_while_held(4 * mb)
+m.share_freed_memory()
+after = mapped_while_held(12 * mb)
+print(json.dumps([before, after]))
+"""
+
+
+def test_a_run_gives_freed_large_blocks_back_to_the_system():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    assert mews_pipeline.glibc()  # the C library of every machine this project runs on
+    done = subprocess.run(
+        [sys.executable, "-c", FREED_BLOCKS], env=env, capture_output=True, text=True, check=True
+    )
+    before, after = json.loads(done.stdout)
+
+    assert before < 4 << 20 and after >= 12 << 20
+
+
+def as_duckdb_says(size: str) -> str:
+    """A memory limit as DuckDB's `current_setting` shows it (48MB: 45.7 MiB)."""
+    connection = duckdb.connect()
+    connection.execute(f"set memory_limit = '{size}'")
+    return connection.execute("select current_setting('memory_limit')").fetchone()[0]
+
+
+def test_duckdb_loads_in_48_mb_and_cleans_up_in_96_mb(sandbox, tmp_path, monkeypatch):
+    import dlt
+
+    limits: list[tuple[str, str]] = []
+    load, compact = dlt.Pipeline.load, mews_pipeline.compact
+    asked = "select current_setting('memory_limit')"
+
+    def loading(self, *args, **kwargs):
+        with self.sql_client() as client:  # the connection the load borrows
+            limits.append(("load", client.execute_sql(asked)[0][0]))
+            return load(self, *args, **kwargs)
+
+    def compacting(client, destination):
+        limits.append(("clean-up", client.execute_sql(asked)[0][0]))
+        return compact(client, destination)
+
+    monkeypatch.setattr(dlt.Pipeline, "load", loading)
+    monkeypatch.setattr(mews_pipeline, "compact", compacting)
+    target = Target(sandbox, tmp_path, None, max_orders_per_load=1000)
+    target.sync()
+
+    assert_equals_truth(target)
+    expected = {"load": as_duckdb_says("48MB"), "clean-up": as_duckdb_says("96MB")}
+    assert [kind for kind, _ in limits].count("load") >= 2
+    assert all(limit == expected[kind] for kind, limit in limits), limits
