@@ -31,9 +31,9 @@ DESTINATIONS = ("duckdb", "postgres")
 # 48 MB; the clean-up after it hash-joins a step's ids (about 1M notes per 400,000 orders),
 # and takes 96 MB: at 48 MB its delete of superseded notes ran out of memory ("failed to
 # allocate data of size 16.0 MiB") on the heavier shape at 1,000,000 orders, at 64 MB it
-# passed once. Peak RSS of a first sync of 1,000,000 orders, loads and clean-ups at 96 MB
-# against 48/96 MB (benchmarks/memory_peak.py --sample, side by side): 352 -> 297 MB, heavier
-# shape 354 -> 305 MB, with the Arrow pool below (docs/performance.md, "Peak RSS").
+# passed once. Peak RSS of a first sync of 1,000,000 orders, before and after this and the
+# memory settings of `mews_pipeline.share_freed_memory` (benchmarks/memory_peak.py, side by
+# side): 336 -> 291 MB, heavier shape 344 -> 292 MB (docs/performance.md, "Peak RSS").
 # Insertion order means nothing here. One thread: on 200,000 orders the load took 2.7 s of
 # CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
 DUCKDB_LOAD_CONFIG = {"memory_limit": "48MB", "preserve_insertion_order": False, "threads": 1}
