@@ -54,14 +54,28 @@ def airflow_command() -> Path:
 
 
 def airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(airflow_command()), *args],
-        env=env,
-        cwd=env["AIRFLOW_HOME"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    try:
+        return subprocess.run(
+            [str(airflow_command()), *args],
+            env=env,
+            cwd=env["AIRFLOW_HOME"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as late:
+        # Once seen in a full run of the suite (and not in the next): what Airflow and each
+        # task had written by then, to tell a task that hung from a machine that crawled.
+        home = Path(env["AIRFLOW_HOME"])
+        logs = sorted((home / "logs").rglob("*.log")) + sorted(home.glob("*.log"))
+        written = [f"{path.relative_to(home)}:\n{path.read_text()[-1500:]}" for path in logs]
+        output = [tail(late.stdout), tail(late.stderr), *written]
+        pytest.fail(f"airflow {' '.join(args)} ran over {TIMEOUT} s:\n" + "\n".join(output))
+
+
+def tail(output: str | bytes | None) -> str:
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return text[-3000:]
 
 
 @pytest.fixture(scope="module")
