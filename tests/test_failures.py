@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
@@ -482,6 +483,44 @@ def test_duckdb_out_of_memory_is_one_sentence_and_the_next_run_loads_it_all(
     control = database.with_name("control.duckdb")
     monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(control))
     assert main(["run"]) == EXIT_OK  # the same sandbox, synced in one go
+    assert synced_rows(database) == synced_rows(control)
+    assert synced_rows(database)["product_service_orders"]
+
+
+def test_duckdb_out_of_memory_in_the_clean_up_is_one_sentence_and_the_next_run_heals_it(
+    served_sandbox, capsys, monkeypatch
+):
+    """The clean-up after a load runs out of DuckDB's memory: the load is kept, the run stops
+    with exit 4, and the next run cleans up before it reads."""
+    _, database = served_sandbox
+    database.unlink()  # a first sync, whose clean-up after the load hashes every id
+    prepare, clean_ups = DuckDbStorage.prepare_clean_up, []
+
+    def starved_after_the_load(self: DuckDbStorage, sql_client: Any) -> None:
+        prepare(self, sql_client)
+        clean_ups.append(sql_client)
+        if len(clean_ups) > 1:  # the first comes before the run reads
+            sql_client.execute_sql("set global memory_limit = '256KB'")
+
+    monkeypatch.setattr(DuckDbStorage, "prepare_clean_up", starved_after_the_load)
+
+    assert main(["run"]) == EXIT_UNAVAILABLE
+
+    sentence = one_sentence(capsys.readouterr().err)
+    assert sentence.startswith("mews-sync: DuckDB ran out of memory while writing the file")
+    assert "96MB for a clean-up" in sentence
+    with duckdb.connect(str(database), read_only=True) as con:
+        tables = {name for (name,) in con.sql("select table_name from duckdb_tables()").fetchall()}
+        [(loaded,)] = con.sql("select count(*) from mews.product_service_orders").fetchall()
+        cleaned = 0
+        if "_mews_sync_cleaned_loads" in tables:
+            [(cleaned,)] = con.sql("select count(*) from mews._mews_sync_cleaned_loads").fetchall()
+    assert loaded and cleaned == 0  # loaded, not cleaned up
+    monkeypatch.setattr(DuckDbStorage, "prepare_clean_up", prepare)
+    assert main(["run"]) == EXIT_OK
+    control = database.with_name("control.duckdb")
+    monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(control))
+    assert main(["run"]) == EXIT_OK
     assert synced_rows(database) == synced_rows(control)
     assert synced_rows(database)["product_service_orders"]
 
