@@ -39,6 +39,9 @@ ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
 # delete of a first sync of 1,000,000 orders). Ids that merely share a hash are told apart by
 # the id itself (`delete_superseded`). PostgreSQL hashes the ids as it joins them anyway.
 ID_KEY = {"duckdb": "hash(id)", "postgres": "id"}
+# And a part of the ids at a time: in DuckDB each delete of superseded rows runs once per slice
+# of the ids' hashes, so that its hash tables hold a quarter of a step's ids.
+ID_SLICES = {"duckdb": 4, "postgres": 1}
 POSTGRES_WORK_MEM = "64MB"  # for the clean-up's transaction only
 APPENDED = ("product_service_orders", "service_order_notes", "order_items")
 
@@ -178,11 +181,13 @@ def remove_superseded(
     return done
 
 
-def delete_superseded(table: str, destination: str, then: str, new: str) -> str:
-    """Of the rows sharing an id with a row of the `new` loads (a subquery of load ids), keep
-    the latest load's (ordered by `then` within one load, where a row read twice comes
-    twice). The candidates are found by `ID_KEY`, then told apart by id: exact."""
-    row_id, key = ROW_ID[destination], ID_KEY[destination]
+def delete_superseded(table: str, destination: str, then: str, new: str, part: int = 0) -> str:
+    """Of the rows sharing an id with a row of the `new` loads (a subquery of load ids) in
+    slice `part` of `ID_SLICES`, keep the latest load's (ordered by `then` within one load,
+    where a row read twice comes twice). The candidates are found by `ID_KEY`, then told
+    apart by id: exact. Every copy of an id is in the same slice."""
+    row_id, key, parts = ROW_ID[destination], ID_KEY[destination], ID_SLICES[destination]
+    in_part = f"and hash(id) % {parts} = {part}" if parts > 1 else ""
     return f"""delete from {table} where {row_id} in (
         select {row_id} from (
             select {row_id}, row_number() over (
@@ -190,7 +195,8 @@ def delete_superseded(table: str, destination: str, then: str, new: str) -> str:
             from {table}
             where {key} in (
                 select {key} from {table}
-                where {key} in (select {key} from {table} where _dlt_load_id in {new})
+                where {key} in (
+                    select {key} from {table} where _dlt_load_id in {new} {in_part})
                 group by {key} having count(*) > 1)) as copies
         where newest > 1)"""
 
@@ -207,7 +213,10 @@ def delete_superseded_rows(
     """`delete_superseded`, unless `quick` shows there is nothing to delete."""
     if quick is not None and quick.only_new_rows(table) and not quick.has_copies(table):
         return 0
-    return affected(sql_client, delete_superseded(table, destination, then, new), legacy)
+    return sum(
+        affected(sql_client, delete_superseded(table, destination, then, new, part), legacy)
+        for part in range(ID_SLICES[destination])
+    )
 
 
 class QuickChecks:

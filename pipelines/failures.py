@@ -119,7 +119,7 @@ def out_of_memory(message: str) -> str:
     return (
         f"DuckDB ran out of memory while writing the file ({first}): run again, which loads "
         "what this run read; if it happens again, raise MEWS_SYNC__DUCKDB_MEMORY_LIMIT "
-        "(by default 48MB for a load, 96MB for a clean-up), e.g. to 512MB."
+        "(default 48MB), e.g. to 512MB."
     )
 
 

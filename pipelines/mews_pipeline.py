@@ -243,9 +243,7 @@ def finish_tables(client: Any, storage: Storage, report: RunReport) -> None:
 
 
 def clean_up(client: Any, storage: Storage, report: RunReport) -> None:
-    """Remove the rows the loads not yet cleaned up superseded (see `compaction`), with the
-    clean-up's memory (`Storage.prepare_clean_up`)."""
-    storage.prepare_clean_up(client)
+    """Remove the rows the loads not yet cleaned up superseded (see `compaction`)."""
     report.removed.add(compact(client, storage.kind))
 
 

@@ -27,17 +27,16 @@ DEFAULT_DUCKDB_FILE = "mews_sync.duckdb"
 DESTINATIONS = ("duckdb", "postgres")
 # The load and the clean-up would otherwise let DuckDB take most of the machine's memory; past
 # its limit DuckDB spills to disk. DuckDB fills its limit with blocks it has written, so the
-# limit is most of what a load adds to the process. A load only appends files, and takes
-# 48 MB; the clean-up after it hash-joins a step's ids (about 1M notes per 400,000 orders),
-# and takes 96 MB: at 48 MB its delete of superseded notes ran out of memory ("failed to
-# allocate data of size 16.0 MiB") on the heavier shape at 1,000,000 orders, at 64 MB it
-# passed once. Peak RSS of a first sync of 1,000,000 orders, before and after this and the
-# memory settings of `mews_pipeline.share_freed_memory` (benchmarks/memory_peak.py, side by
-# side): 336 -> 291 MB, heavier shape 344 -> 292 MB (docs/performance.md, "Peak RSS").
+# limit is most of what a load or a clean-up adds to the process. 48 MB: at that limit the
+# clean-up's delete of superseded notes ran out of memory ("failed to allocate data of size
+# 16.0 MiB") on the heavier shape at 1,000,000 orders until it hashed the ids and took them a
+# quarter at a time (`compaction.ID_KEY`, `ID_SLICES`). Peak RSS of a first sync of 1,000,000
+# orders, 96 MB and mimalloc before, 48 MB with the memory settings of
+# `mews_pipeline.share_freed_memory` after (benchmarks/memory_peak.py): 336 -> 255 MB, heavier
+# shape 344 -> 268 MB (docs/performance.md, "Peak RSS").
 # Insertion order means nothing here. One thread: on 200,000 orders the load took 2.7 s of
 # CPU and 1.5 s of wall with it, 4.3 s and 2.9 s with two.
 DUCKDB_LOAD_CONFIG = {"memory_limit": "48MB", "preserve_insertion_order": False, "threads": 1}
-DUCKDB_CLEAN_UP_MEMORY_LIMIT = "96MB"
 MEMORY_LIMIT_SETTING = "mews_sync.duckdb_memory_limit"  # MEWS_SYNC__DUCKDB_MEMORY_LIMIT
 MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
 # How the source's Arrow tables go into PostgreSQL: csv files, each loaded by COPY (see
@@ -125,12 +124,6 @@ class DuckDbStorage:
                 "writable, or point DESTINATION__DUCKDB__CREDENTIALS elsewhere."
             )
         duckdb_memory_limit()  # a size DuckDB reads
-
-    def prepare_clean_up(self, sql_client: Any) -> None:
-        """Give DuckDB the clean-up's memory limit (96MB) on `sql_client`; dlt sets the
-        load's again when it next opens the file for a load."""
-        limit = duckdb_memory_limit(DUCKDB_CLEAN_UP_MEMORY_LIMIT)
-        sql_client.execute_sql(f"set global memory_limit = '{limit}'")
 
     def run_lock_path(self, pipeline_name: str) -> Path:
         return self.path.with_name(f"{self.path.name}.{pipeline_name}{LOCK_SUFFIX}")
@@ -247,12 +240,11 @@ class DuckDbStorage:
         return str(self.analytics_path)
 
 
-def duckdb_memory_limit(default: str = DUCKDB_LOAD_CONFIG["memory_limit"]) -> str:
-    """MEWS_SYNC__DUCKDB_MEMORY_LIMIT (`duckdb_memory_limit` under [mews_sync]) for loads and
-    clean-ups alike, else `default` (48MB, a load's)."""
+def duckdb_memory_limit() -> str:
+    """MEWS_SYNC__DUCKDB_MEMORY_LIMIT (`duckdb_memory_limit` under [mews_sync]), else 48MB."""
     limit = config.value(MEMORY_LIMIT_SETTING)
     if limit is None:
-        return default
+        return DUCKDB_LOAD_CONFIG["memory_limit"]
     if not isinstance(limit, str) or not MEMORY_LIMIT.fullmatch(limit.strip()):
         raise MewsConfigError(
             "MEWS_SYNC__DUCKDB_MEMORY_LIMIT must be a size such as 96MB or 1GB."
@@ -460,9 +452,6 @@ class PostgresStorage:
             yield connection
         finally:
             connection.close()
-
-    def prepare_clean_up(self, sql_client: Any) -> None:
-        """Nothing: the clean-up sets its own work_mem (`compaction.POSTGRES_WORK_MEM`)."""
 
     def is_published(self) -> bool:
         """Never: analysts read the database itself, so the views are re-created each run."""

@@ -32,6 +32,7 @@ from mews_sandbox import (
     Sandbox,
     serve,
 )
+from pipelines import mews_pipeline
 from pipelines import storage as storage_module
 from pipelines.cli import (
     EXIT_BUSY,
@@ -494,21 +495,21 @@ def test_duckdb_out_of_memory_in_the_clean_up_is_one_sentence_and_the_next_run_h
     with exit 4, and the next run cleans up before it reads."""
     _, database = served_sandbox
     database.unlink()  # a first sync, whose clean-up after the load hashes every id
-    prepare, clean_ups = DuckDbStorage.prepare_clean_up, []
+    compact, clean_ups = mews_pipeline.compact, []
 
-    def starved_after_the_load(self: DuckDbStorage, sql_client: Any) -> None:
-        prepare(self, sql_client)
+    def starved_after_the_load(sql_client: Any, destination: str) -> Any:
         clean_ups.append(sql_client)
         if len(clean_ups) > 1:  # the first comes before the run reads
             sql_client.execute_sql("set global memory_limit = '256KB'")
+        return compact(sql_client, destination)
 
-    monkeypatch.setattr(DuckDbStorage, "prepare_clean_up", starved_after_the_load)
+    monkeypatch.setattr(mews_pipeline, "compact", starved_after_the_load)
 
     assert main(["run"]) == EXIT_UNAVAILABLE
 
     sentence = one_sentence(capsys.readouterr().err)
     assert sentence.startswith("mews-sync: DuckDB ran out of memory while writing the file")
-    assert "96MB for a clean-up" in sentence
+    assert "(default 48MB)" in sentence
     with duckdb.connect(str(database), read_only=True) as con:
         tables = {name for (name,) in con.sql("select table_name from duckdb_tables()").fetchall()}
         [(loaded,)] = con.sql("select count(*) from mews.product_service_orders").fetchall()
@@ -516,7 +517,7 @@ def test_duckdb_out_of_memory_in_the_clean_up_is_one_sentence_and_the_next_run_h
         if "_mews_sync_cleaned_loads" in tables:
             [(cleaned,)] = con.sql("select count(*) from mews._mews_sync_cleaned_loads").fetchall()
     assert loaded and cleaned == 0  # loaded, not cleaned up
-    monkeypatch.setattr(DuckDbStorage, "prepare_clean_up", prepare)
+    monkeypatch.setattr(mews_pipeline, "compact", compact)
     assert main(["run"]) == EXIT_OK
     control = database.with_name("control.duckdb")
     monkeypatch.setenv("DESTINATION__DUCKDB__CREDENTIALS", str(control))
