@@ -40,7 +40,7 @@ ROW_ID = {"duckdb": "rowid", "postgres": "ctid"}
 # the id itself (`delete_superseded`). PostgreSQL hashes the ids as it joins them anyway.
 ID_KEY = {"duckdb": "hash(id)", "postgres": "id"}
 # And a part of the ids at a time: in DuckDB each delete of superseded rows runs once per slice
-# of the ids' hashes, so that its hash tables hold a quarter of a step's ids.
+# of the ids' keys (their hashes), so that its hash tables hold a quarter of a step's ids.
 ID_SLICES = {"duckdb": 4, "postgres": 1}
 POSTGRES_WORK_MEM = "64MB"  # for the clean-up's transaction only
 APPENDED = ("product_service_orders", "service_order_notes", "order_items")
@@ -187,7 +187,7 @@ def delete_superseded(table: str, destination: str, then: str, new: str, part: i
     where a row read twice comes twice). The candidates are found by `ID_KEY`, then told
     apart by id: exact. Every copy of an id is in the same slice."""
     row_id, key, parts = ROW_ID[destination], ID_KEY[destination], ID_SLICES[destination]
-    in_part = f"and hash(id) % {parts} = {part}" if parts > 1 else ""
+    in_part = f"and {key} % {parts} = {part}" if parts > 1 else ""
     return f"""delete from {table} where {row_id} in (
         select {row_id} from (
             select {row_id}, row_number() over (
