@@ -57,7 +57,7 @@ def build_pipeline(
     # Every row records the load that wrote it (`_dlt_load_id`, which the compaction relies
     # on), for this pipeline only: dlt looks the setting up under the pipeline's name first.
     os.environ.setdefault(f"{name.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
-    for key, value in storage.dlt_settings.items():  # the destination's own (PostgreSQL's)
+    for key, value in storage.dlt_settings.items():  # the destination's own
         os.environ.setdefault(f"{name.upper()}__{key}", value)
     return dlt.pipeline(
         pipeline_name=name,

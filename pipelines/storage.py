@@ -58,7 +58,9 @@ class DuckDbStorage:
     analytics_path: Path
     kind = "duckdb"
     loader_file_format = None  # dlt's choice (parquet for the source's Arrow tables)
-    dlt_settings: ClassVar[dict[str, str]] = {}
+    # The load files removed once loaded: dlt keeps them in its working folder otherwise, 92
+    # MB after a first sync of 200,000 orders and more every night, for ever.
+    dlt_settings: ClassVar[dict[str, str]] = {"LOAD__DELETE_COMPLETED_JOBS": "true"}
     # One table's file at a time: DuckDB loads each with one thread anyway, and files loaded
     # side by side each hold their own buffers (peak RSS of a first sync of 200,000 orders
     # 365 -> 345 MB, CPU 27.0 -> 25.2 s, medians of 2; see docs/performance.md).

@@ -364,6 +364,19 @@ def test_timestamps_and_booleans_are_typed(sandbox, tmp_path):
         assert types[name] == "BOOLEAN", name
 
 
+def test_the_working_folder_keeps_no_load_files_once_loaded(sandbox, tmp_path, postgres):
+    target = Target(sandbox, tmp_path, postgres)
+    target.sync()
+    sandbox.add_note(sorted(truth_orders(sandbox))[0][0], "Late checkout, please")
+    target.sync()
+
+    assert_equals_truth(target)
+    assert target.workdir is not None
+    loaded = list(target.workdir.glob("*/load/loaded/*"))
+    assert len(loaded) >= 2  # the two runs' packages, each with its schema and state only
+    assert not list(target.workdir.glob("*/load/loaded/*/*_jobs/*"))
+
+
 def test_two_duckdb_files_on_one_machine_keep_their_own_state(tmp_path, monkeypatch):
     monkeypatch.setenv("DLT_DATA_DIR", str(tmp_path / "dlt_data"))
     hotels = [Sandbox.generate(orders=300, seed=seed) for seed in (21, 22)]
