@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -40,6 +44,8 @@ INSTALL = (
     '"apache-airflow==3.*" -e . -c constraints.txt'
 )
 TIMEOUT = 600  # seconds for one `airflow` command: a task Airflow retried would wait longer
+SHUTDOWN_GRACE_SECONDS = 60  # after the DAG run finished: the shutdown took 1-2 s when it ended
+DAG_RUN_FINISHED = re.compile(r"DagRun Finished: .*?\bstate=(\w+)")
 
 
 def airflow_command() -> Path:
@@ -64,13 +70,18 @@ def airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
             timeout=TIMEOUT,
         )
     except subprocess.TimeoutExpired as late:
-        # Once seen in a full run of the suite (and not in the next): what Airflow and each
-        # task had written by then, to tell a task that hung from a machine that crawled.
-        home = Path(env["AIRFLOW_HOME"])
-        logs = sorted((home / "logs").rglob("*.log")) + sorted(home.glob("*.log"))
-        written = [f"{path.relative_to(home)}:\n{path.read_text()[-1500:]}" for path in logs]
-        output = [tail(late.stdout), tail(late.stderr), *written]
-        pytest.fail(f"airflow {' '.join(args)} ran over {TIMEOUT} s:\n" + "\n".join(output))
+        ran_over(env, args, late.stdout, late.stderr)
+        raise
+
+
+def ran_over(env: dict[str, str], args: tuple[str, ...], stdout: Any, stderr: Any) -> None:
+    """Fail with what Airflow and each task had written by then, to tell a task that hung
+    from a machine that crawled."""
+    home = Path(env["AIRFLOW_HOME"])
+    logs = sorted((home / "logs").rglob("*.log")) + sorted(home.glob("*.log"))
+    written = [f"{path.relative_to(home)}:\n{path.read_text()[-1500:]}" for path in logs]
+    output = [tail(stdout), tail(stderr), *written]
+    pytest.fail(f"airflow {' '.join(args)} ran over {TIMEOUT} s:\n" + "\n".join(output))
 
 
 def tail(output: str | bytes | None) -> str:
@@ -232,7 +243,43 @@ def operator_setup(
 
 
 def dags_test(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return airflow(env, "dags", "test", "--use-executor", "mews_sync")
+    """`airflow dags test --use-executor mews_sync`, stopped if Airflow's LocalExecutor hangs
+    in its shutdown once the DAG run has finished and its state is recorded (an unbounded join
+    of a worker, apache/airflow#67870; seen twice in full runs of the suite, each time in the
+    run where one task fails). Nothing of the DAG is left to test by then: the result is then
+    the run's state, 0 for success and 1 otherwise, as the command would have exited."""
+    args = ("dags", "test", "--use-executor", "mews_sync")
+    folder = Path(tempfile.mkdtemp(dir=env["AIRFLOW_HOME"]))
+
+    def output() -> tuple[str, str]:
+        return (folder / "out").read_text(), (folder / "err").read_text()
+
+    with open(folder / "out", "w") as out, open(folder / "err", "w") as err:
+        command = [str(airflow_command()), *args]
+        process = subprocess.Popen(
+            command, env=env, cwd=env["AIRFLOW_HOME"], stdout=out, stderr=err,
+            start_new_session=True,  # the executor's workers too are stopped with it
+        )
+        started, finished = time.monotonic(), None
+        while process.poll() is None:
+            time.sleep(0.5)
+            now = time.monotonic()
+            if finished is None and dag_run_state("".join(output())):
+                finished = now
+            if now - started > TIMEOUT or (finished and now - finished > SHUTDOWN_GRACE_SECONDS):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                if now - started > TIMEOUT:
+                    ran_over(env, args, *output())
+                code = 0 if dag_run_state("".join(output())) == "success" else 1
+                return subprocess.CompletedProcess(command, code, *output())
+    return subprocess.CompletedProcess(command, process.returncode, *output())
+
+
+def dag_run_state(output: str) -> str | None:
+    """The state Airflow logged for the DAG run as it finished ("success", "failed")."""
+    found = DAG_RUN_FINISHED.search(output)
+    return found.group(1) if found else None
 
 
 def task_logs(env: dict[str, str]) -> dict[str, str]:
@@ -285,7 +332,7 @@ def test_airflow_3_loads_each_property_in_a_task_of_its_own_into_one_postgres_da
         operator_setup(project, sandbox, url, postgres_credentials, [*PROPERTIES, "closed"])
         second = dags_test(env)
 
-    assert second.returncode == 1 and "DagRun failed" in second.stderr
+    assert second.returncode == 1 and dag_run_state(second.stdout + second.stderr) == "failed"
     assert_equals_truth(target)  # the three others loaded
     assert_items_equal_truth(target)
     assert target.rows("select count(*) from mews.orders_current") == [(601,)]
