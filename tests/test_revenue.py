@@ -217,8 +217,14 @@ def test_a_plain_pipeline_run_loads_a_renamed_product_and_not_an_unchanged_one(
         return users_source(sandbox)
 
     def tables_loaded() -> set[str]:
-        (package,) = pipeline.run(source()).load_packages
-        return {job.job_file_info.table_name for job in package.jobs["completed_jobs"]}
+        # A run that read nothing new loads no package at all: none of the orders was updated
+        # within the overlap before the watermark (which depends on when the test runs).
+        packages = pipeline.run(source()).load_packages
+        return {
+            job.job_file_info.table_name
+            for package in packages
+            for job in package.jobs["completed_jobs"]
+        }
 
     assert set(WHOLE_TABLES) <= tables_loaded()
     assert not set(WHOLE_TABLES) & tables_loaded()  # nothing changed: not loaded again
