@@ -78,9 +78,10 @@ def share_freed_memory() -> None:
     if glibc() and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         # glibc raises its threshold for mapping a block to the size of the largest block
         # freed (up to 32 MB), after which Arrow's buffers of a page of orders come from the
-        # heap, whose freed parts it keeps. Fixed at 4 MB, the largest are mapped and
-        # unmapped: peak RSS of a first sync of 1,000,000 orders 268 MB (305 MB unfixed), and
-        # 4 % less CPU than at 1 MB (docs/performance.md, "Peak RSS, at this stop").
+        # heap, whose freed parts it keeps. Fixed, the largest are mapped and unmapped: peak
+        # RSS of a first sync of 1,000,000 orders 292 against 305 MB unfixed (at 1 MB); at 4
+        # MB 268 against 272 MB at 1 MB, with 4 % less CPU (docs/performance.md, "Peak RSS,
+        # at this stop").
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 

@@ -217,8 +217,8 @@ def test_a_plain_pipeline_run_loads_a_renamed_product_and_not_an_unchanged_one(
         return users_source(sandbox)
 
     def tables_loaded() -> set[str]:
-        # A run that read nothing new loads no package at all: none of the orders was updated
-        # within the overlap before the watermark (which depends on when the test runs).
+        # A run that read nothing new loads no package at all (likely when no order was
+        # updated within the overlap before the watermark, which depends on the hour).
         packages = pipeline.run(source()).load_packages
         return {
             job.job_file_info.table_name
