@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines.lock import SyncBusyError
+from pipelines.storage import DUCKDB_LOAD_CONFIG
 from sources.errors import MewsApiError, MewsConfigError, MewsError, MewsResponseError
 from sources.stop import RunStopped
 
@@ -119,7 +120,7 @@ def out_of_memory(message: str) -> str:
     return (
         f"DuckDB ran out of memory while writing the file ({first}): run again, which loads "
         "what this run read; if it happens again, raise MEWS_SYNC__DUCKDB_MEMORY_LIMIT "
-        "(default 48MB), e.g. to 512MB."
+        f"(default {DUCKDB_LOAD_CONFIG['memory_limit']}), e.g. to 512MB."
     )
 
 

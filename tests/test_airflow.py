@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from harness import (
@@ -71,10 +71,9 @@ def airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         )
     except subprocess.TimeoutExpired as late:
         ran_over(env, args, late.stdout, late.stderr)
-        raise
 
 
-def ran_over(env: dict[str, str], args: tuple[str, ...], stdout: Any, stderr: Any) -> None:
+def ran_over(env: dict[str, str], args: tuple[str, ...], stdout: Any, stderr: Any) -> NoReturn:
     """Fail with what Airflow and each task had written by then, to tell a task that hung
     from a machine that crawled."""
     home = Path(env["AIRFLOW_HOME"])
